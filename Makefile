@@ -1,0 +1,52 @@
+# How a person drives the project. `make run` and `make test` install what they need into .venv first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup run test test-fast round rounds report bench clean-cache
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0  # the local CPU wheel first: an unpinned torch pulls CUDA packages
+	$(BIN)/pip install -q -r requirements.txt -c requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create/update .venv (a no-op when up to date)
+
+run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro) and print where the report is
+	dvc repro
+	@echo "report: reports/report.md   metrics: dvc metrics show   plots: plots/"
+
+test: $(STAMP)  ## the full test suite (unit + real-model + end-to-end smoke run)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## unit tests only (no real model)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+round: $(STAMP)  ## bring CITING rounds 1..N up to date: make round N=3
+	@test -n "$(N)" || { echo "usage: make round N=3"; exit 2; }
+	teachloop round $(N)
+
+rounds: $(STAMP)  ## declare CITING rounds 1..R in params.yaml: make rounds R=5
+	@test -n "$(R)" || { echo "usage: make rounds R=5"; exit 2; }
+	teachloop set-rounds $(R)
+
+report: $(STAMP)  ## re-run judging/report stages that are out of date
+	dvc repro report
+
+bench: $(STAMP)  ## throughput benchmarks (prints ratios against an in-process baseline)
+	$(BIN)/python benchmarks/bench_logprobs.py
+
+clean-cache:  ## drop the LLM call cache (.cache/llm); the next run repeats every call
+	rm -rf .cache/llm

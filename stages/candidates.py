@@ -1,0 +1,37 @@
+"""Stage `candidates@SET`: N sampled answers per training instruction, near-duplicates resampled (Tuna's rule).
+
+    python stages/candidates.py --prepared data/prepared --adapter models/sft --out data/candidates/sft/candidates.jsonl
+The sampler is the student with ADAPTER (candidates.source: student) or the teacher (source: teacher).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from teachloop import roles
+from teachloop.config import load_section, read_params
+from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.methods.candidates import CandidatesConfig, build_candidates, sample_records
+
+
+@click.command()
+@click.option("--params", default="params.yaml", show_default=True, help="Params file.")
+@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="data/prepared")
+@click.option("--adapter", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Student adapter that samples (ignored when candidates.source is teacher).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="candidates.jsonl to write.")
+def main(params: str, prepared: Path, adapter: Path, out: Path) -> None:
+    """Sample candidates.n answers for candidates.sample_size training instructions."""
+    p = read_params(params)
+    cfg = load_section(p, "candidates", CandidatesConfig)
+    llm = roles.student_llm(p, adapter) if cfg.source == "student" else roles.teacher(p)
+    records = sample_records(read_jsonl(prepared / "train.jsonl"), cfg.sample_size, cfg.seed)
+    items, counts = build_candidates(llm, records, cfg)
+    write_jsonl(out, items)
+    write_json(out.with_name("candidates_calls.json"), {**llm.stats.as_dict(), **counts})
+    click.echo(f"candidates: {counts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""`teachloop` command line: bring CITING rounds up to date, declare more rounds, and answer with a rubric.
+
+    teachloop round 3            # dvc repro of round 3's last stage (rounds 1-2 reused if current)
+    teachloop set-rounds 5       # declare rounds 1..5 in params.yaml (comments kept)
+    teachloop answer -i "Explain tides." --adapter models/citing/3 --revisions 2
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from .config import read_params
+
+
+def declared_rounds(params: dict) -> list[int]:
+    return sorted(int(k) for k in params.get("citing", {}).get("rounds", {}))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Teacher-in-the-loop tuning of a small student LLM (CITING, Tuna, RRHF, RAFT, DPO) on DVC."""
+
+
+@main.command("round")
+@click.argument("n", type=int)
+@click.option("--params", default="params.yaml", show_default=True)
+def round_(n: int, params: str) -> None:
+    """Bring CITING rounds 1..N up to date with `dvc repro` and say where their artifacts are."""
+    rounds = declared_rounds(read_params(params))
+    if n < 1:
+        raise click.UsageError("N must be >= 1")
+    if n not in rounds:
+        raise click.ClickException(
+            f"params.yaml declares CITING rounds {rounds}, not round {n}. Declare rounds 1..{n} with "
+            f"`make rounds R={n}` (or `teachloop set-rounds {n}`), then run `make round N={n}` again."
+        )
+    code = subprocess.call(["dvc", "repro", f"citing_train@{n}"])
+    if code:
+        sys.exit(code)
+    click.echo(f"\nCITING rounds 1..{n} are up to date:")
+    for r in range(1, n + 1):
+        click.echo(f"  round {r}: answers data/rounds/{r}/answers.jsonl, revisions data/rounds/{r}/revisions.jsonl, "
+                   f"adapter models/citing/{r}/, loss metrics/train/citing_{r}.tsv")
+
+
+@main.command("set-rounds")
+@click.argument("r", type=int)
+@click.option("--params", default="params.yaml", show_default=True)
+def set_rounds(r: int, params: str) -> None:
+    """Declare CITING rounds 1..R in params.yaml (round 1 continues models/sft, round k models/citing/k-1)."""
+    from ruamel.yaml import YAML
+
+    if r < 1:
+        raise click.UsageError("R must be >= 1")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    path = Path(params)
+    doc = yaml.load(path)
+    rounds = doc["citing"]["rounds"]
+    for key in list(rounds):
+        if int(key) > r:
+            del rounds[key]
+    for k in range(1, r + 1):
+        if str(k) not in rounds:
+            rounds[str(k)] = {"prev": "models/sft" if k == 1 else f"models/citing/{k - 1}"}
+    yaml.dump(doc, path)
+    click.echo(f"declared CITING rounds 1..{r} in {path}; add citing_r{r} to evaluate.models/comparisons to judge it")
+
+
+def _read_instructions(instructions: tuple[str, ...], file: str | None) -> list[dict]:
+    rows = [{"id": f"cli-{i}", "instruction": t, "input": ""} for i, t in enumerate(instructions)]
+    if file:
+        text = Path(file).read_text(encoding="utf-8")
+        if file.endswith((".json", ".jsonl")):
+            from .data import load_records
+
+            recs, rejected = load_records([file])
+            if rejected:
+                click.echo(f"skipped {len(rejected)} bad rows of {file}: {rejected[:3]}", err=True)
+            rows += recs
+        else:
+            rows += [{"id": f"line-{i}", "instruction": t.strip(), "input": ""}
+                     for i, t in enumerate(text.splitlines(), 1) if t.strip()]
+    if not rows:
+        raise click.UsageError("give at least one --instruction or a --file")
+    return rows
+
+
+@main.command()
+@click.option("-i", "--instruction", "instructions", multiple=True, help="An instruction to answer (repeatable).")
+@click.option("-f", "--file", type=click.Path(exists=True, dir_okay=False),
+              help="Instructions: a .txt file (one per line), or Alpaca JSON / JSONL.")
+@click.option("--adapter", default="models/citing/3", show_default=True, type=click.Path(exists=True),
+              help="Trained student adapter dir (PEFT dir with adapter.gguf).")
+@click.option("--rubrics", default="data/rubrics", show_default=True, type=click.Path(exists=True),
+              help="Rubric clusters from the rubrics stage.")
+@click.option("--embeddings", default="data/embeddings", show_default=True, type=click.Path(exists=True),
+              help="Embeddings dir with train.npz (category members).")
+@click.option("--revisions", default=1, show_default=True, type=int,
+              help="Rubric-guided self-revisions after the first draft (0 = draft only).")
+@click.option("--params", default="params.yaml", show_default=True, help="Params (student.llm, student.decode, embed).")
+def answer(instructions, file, adapter, rubrics, embeddings, revisions, params) -> None:
+    """Answer instructions as CITING's student does: retrieve a rubric by embedding, draft, then revise.
+
+    Prints one JSON object per instruction with the category, rubric, drafts and final answer.
+    """
+    from . import embeddings as emb
+    from . import roles
+    from .config import load_section
+    from .data import read_json
+    from .methods.citing import answer_with_rubric
+    from .rubrics import assign
+
+    p = read_params(params)
+    rows = _read_instructions(instructions, file)
+    cats = read_json(Path(rubrics) / "categories.json")
+    ids, vecs = emb.load(Path(embeddings) / "train.npz")
+    encoder = emb.load_encoder(load_section(p, "embed", emb.EmbedConfig).model)
+    choice, _ = assign(emb.embed(encoder, [emb.text_of(r) for r in rows]), cats, dict(zip(ids, vecs)))
+    student, decode = roles.student_llm(p, adapter), roles.decode(p)
+    for row, c in zip(rows, choice):
+        cat = cats[int(c)]
+        got = answer_with_rubric(student, row, cat["rubric"], decode, revisions)
+        click.echo(json.dumps({"instruction": row["instruction"], "category": cat["name"], "rubric": cat["rubric"],
+                               **got}, ensure_ascii=False))

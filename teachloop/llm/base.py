@@ -1,0 +1,75 @@
+"""The one contract every backend meets (teacher, judge and student generation all use it).
+
+A backend turns a `Request` into text, and, where the model exposes them, gives token log-probabilities of a
+continuation (`logprobs`) and a next-token distribution over a few option strings (`option_probs`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..config import ConfigError, one_of
+
+
+@dataclass
+class LLMConfig:
+    """Where an LLM lives and how it is run. Secrets never live here: only the *name* of the env var."""
+
+    backend: str = "llamacpp"  # llamacpp (in-process GGUF) | openai (any OpenAI-compatible server) | fake (tests)
+    gguf: str = "models/base/model.gguf"  # llamacpp: model file
+    lora: str = ""  # llamacpp: optional LoRA adapter in GGUF form (a trained student)
+    prompt_format: str = "plain"  # llamacpp: plain completion, or chat (the GGUF's own chat template)
+    model: str = ""  # openai: model name on the server
+    base_url: str = ""  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (the key is never stored)
+    api: str = "completions"  # openai: completions | chat
+    n_ctx: int = 2048  # context window in tokens
+    n_threads: int = 2  # CPU threads for llama.cpp
+    n_batch: int = 512  # prompt-processing batch in tokens
+    seed: int = 1  # >= 1: llama-cpp-python treats 0 as "random"
+    timeout_s: float = 120.0  # openai: per-request timeout
+    max_retries: int = 3  # openai: transport retries (429/5xx/timeouts) with exponential backoff
+
+    def validate(self, where: str) -> None:
+        one_of(self.backend, ("llamacpp", "openai", "fake"), f"{where}.backend")
+        one_of(self.prompt_format, ("plain", "chat"), f"{where}.prompt_format")
+        one_of(self.api, ("completions", "chat"), f"{where}.api")
+        if self.seed < 1:
+            raise ConfigError(f"{where}.seed must be >= 1 (llama-cpp-python reads 0 as a random seed)")
+        if self.backend == "openai" and not (self.model and self.base_url):
+            raise ConfigError(f"{where}: backend openai needs 'model' and 'base_url'")
+
+    def replace(self, **changes) -> "LLMConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything that changes a completion; all of it goes into the cache key."""
+
+    prompt: str
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 1
+    stop: tuple[str, ...] = ()
+    repeat_penalty: float = 1.0  # >1 discourages loops, which small greedy models fall into
+    json_schema: dict | None = field(default=None, hash=False)  # constrain the reply to this JSON schema
+
+
+class BackendError(RuntimeError):
+    """A backend could not serve a call (transport failure, missing capability); the message says what to do."""
+
+
+class Backend(Protocol):
+    def identity(self) -> dict:
+        """Everything about the model that changes answers: backend, model hash or name, adapter, context."""
+
+    def complete(self, req: Request) -> str: ...
+
+    def logprobs(self, prompt: str, continuation: str) -> list[float]:
+        """Log-probability of each token of `continuation` given `prompt`."""
+
+    def option_probs(self, prompt: str, options: list[str]) -> dict[str, float]:
+        """Next-token probability of each option's first token after `prompt`, renormalised over the options."""

@@ -1,0 +1,126 @@
+"""`LLM`: a backend behind the call cache, with bounded re-asks for replies that fail validation.
+
+Every stage creates one `LLM` per role (teacher, judge, student) and writes `llm.stats` next to its outputs, so the
+report can show calls, cache hits, retries and failures per stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .base import Backend, LLMConfig, Request
+from .cache import CallCache, request_key
+
+
+class ParseError(ValueError):
+    """A reply that does not have the required structure; the message says what is wrong with it."""
+
+
+@dataclass
+class Result:
+    """A reply and its parse. `ok` is False when every attempt failed validation; `raw` keeps each attempt's text."""
+
+    text: str
+    parsed: Any = None
+    ok: bool = True
+    attempts: int = 1
+    error: str = ""
+    raw: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Stats:
+    calls: int = 0  # requests answered by the backend
+    hits: int = 0  # requests answered by the cache
+    retried: int = 0  # results that needed more than one attempt to validate
+    failed: int = 0  # results that never validated (recorded with raw text, never dropped)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class LLM:
+    def __init__(self, backend: Backend, cache: CallCache | None = None, name: str = "llm"):
+        self.backend = backend
+        self.cache = cache or CallCache()
+        self.name = name
+        self.stats = Stats()
+        self._identity: dict | None = None
+
+    def identity(self) -> dict:
+        if self._identity is None:
+            self._identity = self.backend.identity()
+        return self._identity
+
+    def _cached(self, op: str, request: dict, compute: Callable[[], Any]) -> Any:
+        payload = {"op": op, "model": self.identity(), "request": request}
+        key = request_key(payload)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats.hits += 1
+            return hit
+        response = compute()
+        self.stats.calls += 1
+        self.cache.put(key, payload, response)
+        return response
+
+    def complete(self, req: Request) -> str:
+        return self._cached("complete", dataclasses.asdict(req), lambda: self.backend.complete(req))
+
+    def generate(self, req: Request, parse: Callable[[str], Any] | None = None, attempts: int = 3) -> Result:
+        """Complete `req`; if `parse` rejects the reply, re-ask (new seed, some temperature) up to `attempts` times.
+
+        Greedy decoding would repeat the same bad reply, so each re-ask changes the seed and samples at >= 0.7.
+        """
+        raw: list[str] = []
+        error = ""
+        for attempt in range(attempts):
+            if attempt:
+                req = dataclasses.replace(req, seed=req.seed + attempt, temperature=max(req.temperature, 0.7))
+            text = self.complete(req)
+            raw.append(text)
+            if parse is None:
+                return Result(text=text, raw=raw)
+            try:
+                parsed = parse(text)
+            except ParseError as e:
+                error = str(e)
+                continue
+            if attempt:
+                self.stats.retried += 1
+            return Result(text=text, parsed=parsed, attempts=attempt + 1, raw=raw)
+        self.stats.failed += 1
+        return Result(text=raw[-1], ok=False, attempts=attempts, error=error, raw=raw)
+
+    def logprobs(self, prompt: str, continuation: str) -> list[float]:
+        request = {"prompt": prompt, "continuation": continuation}
+        return self._cached("logprobs", request, lambda: self.backend.logprobs(prompt, continuation))
+
+    def option_probs(self, prompt: str, options: list[str]) -> dict[str, float]:
+        request = {"prompt": prompt, "options": list(options)}
+        return self._cached("option_probs", request, lambda: self.backend.option_probs(prompt, options))
+
+
+def make_backend(cfg: LLMConfig) -> Backend:
+    """The backend named by `cfg.backend`; optional SDKs are imported only when chosen."""
+    if cfg.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(cfg)
+    if cfg.backend == "openai":
+        from .openai_backend import OpenAIBackend
+
+        return OpenAIBackend(cfg)
+    if cfg.backend == "fake":
+        from .fake import FakeBackend
+
+        return FakeBackend()
+    raise ValueError(f"unknown backend {cfg.backend!r}")
+
+
+def make_llm(cfg: LLMConfig, name: str, cache: CallCache | None = None) -> LLM:
+    return LLM(make_backend(cfg), cache=cache, name=name)

@@ -1,0 +1,71 @@
+"""CITING rounds: sample instructions, the student answers, the teacher revises by the rubric, the student learns
+to turn (instruction, rubric, own answer) into the revision; at inference it drafts, then revises with a rubric.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .. import prompts
+from ..llm import LLM, ParseError, Request
+from ..student.prompting import input_block, record_prompt, revise_prompt
+
+
+@dataclass
+class RoundConfig:
+    sample_size: int = 24  # instructions per round (the paper samples 1000)
+    resample: bool = False  # False: the same sample every round (the paper); True: a fresh sample per round
+    seed: int = 5
+    revise_max_tokens: int = 128  # teacher revision budget (tokens)
+    attempts: int = 2  # teacher tries per revision before it is recorded as failed
+
+
+def sample_round(records: list[dict], cfg: RoundConfig, round_no: int) -> list[dict]:
+    """The round's instructions: one fixed sample, or a per-round one when `resample` is set."""
+    seed = cfg.seed + (round_no if cfg.resample else 0)
+    ordered = sorted(records, key=lambda r: r["id"])
+    return random.Random(seed).sample(ordered, min(cfg.sample_size, len(ordered)))
+
+
+def parse_revision(text: str) -> str:
+    """A usable revision is non-empty text.
+
+    >>> parse_revision("  Better answer.  ")
+    'Better answer.'
+    >>> parse_revision(" ")
+    Traceback (most recent call last):
+    ...
+    teachloop.llm.client.ParseError: empty revision
+    """
+    text = text.strip()
+    if not text:
+        raise ParseError("empty revision")
+    return text
+
+
+def teacher_prompt(rec: dict, rubric: str, answer: str) -> str:
+    return prompts.render("teacher_revise", instruction=rec["instruction"], input_block=input_block(rec.get("input", "")),
+                          rubric=rubric, answer=answer or "(no answer)")
+
+
+def revise(teacher: LLM, rec: dict, rubric: str, answer: str, cfg: RoundConfig, stop: tuple[str, ...]) -> dict:
+    req = Request(teacher_prompt(rec, rubric, answer), max_tokens=cfg.revise_max_tokens, stop=stop,
+                  repeat_penalty=1.1, seed=cfg.seed)
+    res = teacher.generate(req, parse_revision, attempts=cfg.attempts)
+    return {"revision": res.parsed if res.ok else "", "ok": res.ok, "attempts": res.attempts, "raw": res.raw,
+            "error": res.error, "prompt_version": prompts.version("teacher_revise")}
+
+
+def training_unit(rec: dict, rubric: str, answer: str, revision: str) -> dict:
+    """CITING's example: (instruction, rubric, the student's own answer) -> the teacher's revision."""
+    return {"prompt": revise_prompt(rec["instruction"], rec.get("input", ""), rubric, answer), "response": revision}
+
+
+def answer_with_rubric(student: LLM, rec: dict, rubric: str, decode, revisions: int) -> dict:
+    """Draft an answer, then revise it `revisions` times with the retrieved rubric, as the student was taught."""
+    draft = student.complete(decode.request(record_prompt(rec))).strip()
+    steps = [draft]
+    for _ in range(revisions):
+        prompt = revise_prompt(rec["instruction"], rec.get("input", ""), rubric, steps[-1])
+        steps.append(student.complete(decode.request(prompt)).strip() or steps[-1])
+    return {"answer": steps[-1], "drafts": steps[:-1]}

@@ -1,0 +1,36 @@
+"""Prompt templates as files: `load(name)` reads `<name>.txt` beside this module; its first line is a version tag.
+
+The version line (`# version: N`) is stripped from the text but kept in `version(name)`, so outputs can record
+which prompt produced them and a changed prompt is a changed DVC dependency.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+@lru_cache(maxsize=None)
+def _read(name: str) -> tuple[str, str]:
+    text = (HERE / f"{name}.txt").read_text(encoding="utf-8")
+    first, _, rest = text.partition("\n")
+    if not first.startswith("# version:"):
+        raise ValueError(f"prompt {name}.txt must start with '# version: N'")
+    return first.split(":", 1)[1].strip(), rest
+
+
+def load(name: str) -> str:
+    return _read(name)[1]
+
+
+def version(name: str) -> str:
+    return _read(name)[0]
+
+
+def render(name: str, **fields: str) -> str:
+    """The template with `{field}` slots filled; unknown braces in the values are left alone."""
+    text = load(name)
+    for key, value in fields.items():
+        text = text.replace("{" + key + "}", value)
+    return text

@@ -1,0 +1,43 @@
+"""The LLM roles of a run (teacher, judge, student) built from their params sections.
+
+The student generates through llama.cpp with its LoRA adapter in GGUF form; its decoding settings live in
+`student.decode` so every method's answers are produced the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import build, load_section
+from .llm import LLM, LLMConfig, Request, make_llm
+
+
+@dataclass
+class DecodeConfig:
+    max_tokens: int = 96  # answer length budget in tokens
+    temperature: float = 0.0  # greedy: answers are reproducible and comparable across methods
+    repeat_penalty: float = 1.1  # a 270M model loops without it
+    stop: list[str] = field(default_factory=lambda: ["###", "\n\n\n"])  # the next prompt header ends an answer
+    seed: int = 1
+
+    def request(self, prompt: str, **changes) -> Request:
+        fields = dict(max_tokens=self.max_tokens, temperature=self.temperature, repeat_penalty=self.repeat_penalty,
+                      stop=tuple(self.stop), seed=self.seed)
+        fields.update(changes)
+        return Request(prompt, **fields)
+
+
+def teacher(params: dict) -> LLM:
+    return make_llm(load_section(params, "teacher", LLMConfig), "teacher")
+
+
+def student_llm(params: dict, adapter_dir: str | Path | None) -> LLM:
+    """The student as an LLM: base GGUF + the adapter's GGUF twin (no adapter = the base model)."""
+    cfg = build(LLMConfig, params["student"]["llm"], "student.llm")
+    if adapter_dir:
+        cfg = cfg.replace(lora=str(Path(adapter_dir) / "adapter.gguf"))
+    return make_llm(cfg, "student")
+
+
+def decode(params: dict) -> DecodeConfig:
+    return load_section(params, "student.decode", DecodeConfig)

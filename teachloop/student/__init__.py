@@ -1,0 +1,1 @@
+"""The student: prompt format, LoRA loading/saving (PEFT + GGUF twin), response log-probs, the training loop."""

