@@ -53,11 +53,15 @@ def round_(n: int, params: str) -> None:
 def set_rounds(r: int, params: str) -> None:
     """Declare CITING rounds 1..R in params.yaml (round 1 continues models/sft, round k models/citing/k-1)."""
     from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
     if r < 1:
         raise click.UsageError("R must be >= 1")
-    yaml = YAML()
+    yaml = YAML()  # round-trip mode: comments, quotes and flow style survive the edit
     yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
     path = Path(params)
     doc = yaml.load(path)
     rounds = doc["citing"]["rounds"]
@@ -66,7 +70,9 @@ def set_rounds(r: int, params: str) -> None:
             del rounds[key]
     for k in range(1, r + 1):
         if str(k) not in rounds:
-            rounds[str(k)] = {"prev": "models/sft" if k == 1 else f"models/citing/{k - 1}"}
+            entry = CommentedMap(prev="models/sft" if k == 1 else f"models/citing/{k - 1}")
+            entry.fa.set_flow_style()
+            rounds[DoubleQuotedScalarString(str(k))] = entry
     yaml.dump(doc, path)
     click.echo(f"declared CITING rounds 1..{r} in {path}; add citing_r{r} to evaluate.models/comparisons to judge it")
 

@@ -86,7 +86,12 @@ def prompt_example_texts(name: str) -> set[str]:
 
 
 def normalise_text(text: str) -> str:
-    return re.sub(r"\W+", " ", text.lower()).strip()
+    """Lower-case words only: numbering and punctuation do not make a copied text new.
+
+    >>> normalise_text("2. Is correct!")
+    'is correct'
+    """
+    return re.sub(r"[\W\d_]+", " ", text.lower()).strip()
 
 
 def reject_copies(parsed: dict, examples: set[str]) -> dict:

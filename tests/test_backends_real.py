@@ -49,6 +49,15 @@ def test_llamacpp_logprobs_and_option_probs(llamacpp):
     assert math.isclose(sum(probs.values()), 1.0, rel_tol=1e-6) and set(probs) == {" yes", " no"}
 
 
+def test_llamacpp_prompt_format_auto_follows_the_gguf_template(base_gguf):
+    auto = make_backend(LLMConfig(gguf=str(base_gguf), n_ctx=512, prompt_format="auto"))
+    has_template = bool(auto.gen.metadata.get("tokenizer.chat_template"))
+    assert auto.uses_chat_template() == has_template
+    assert auto.complete(Request("Name a colour.", max_tokens=6)) is not None
+    plain = make_backend(LLMConfig(gguf=str(base_gguf), n_ctx=512, prompt_format="plain"))
+    assert not plain.uses_chat_template()
+
+
 def test_llamacpp_missing_file_says_how_to_fix(tmp_path):
     with pytest.raises(BackendError, match="dvc repro base"):
         make_backend(LLMConfig(gguf=str(tmp_path / "none.gguf")))

@@ -42,6 +42,9 @@ def test_revision_sees_rubric_and_answer_and_failures_are_recorded(tmp_path):
     empty = LLM(FakeBackend(lambda p: "   "), CallCache(tmp_path / "e"))
     bad = revise(empty, RECORDS[0], RUBRIC, "draft", RoundConfig(attempts=2), stop=())
     assert not bad["ok"] and bad["revision"] == "" and bad["raw"] == ["   ", "   "] and empty.stats.failed == 1
+    parrot = LLM(FakeBackend(lambda p: RUBRIC), CallCache(tmp_path / "p"))  # repeats the rubric: no revision
+    copied = revise(parrot, RECORDS[0], RUBRIC, "draft", RoundConfig(attempts=2), stop=())
+    assert not copied["ok"] and "repeats the rubric" in copied["error"] and parrot.stats.failed == 1
 
 
 def _stage_inputs(tmp_path):

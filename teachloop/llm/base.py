@@ -19,7 +19,9 @@ class LLMConfig:
     backend: str = "llamacpp"  # llamacpp (in-process GGUF) | openai (any OpenAI-compatible server) | fake (tests)
     gguf: str = "models/base/model.gguf"  # llamacpp: model file
     lora: str = ""  # llamacpp: optional LoRA adapter in GGUF form (a trained student)
-    prompt_format: str = "plain"  # llamacpp: plain completion, or chat (the GGUF's own chat template)
+    # llamacpp: plain completion | chat (the GGUF's own chat template) | auto (chat when the GGUF carries a
+    # template). A base model may carry one without being chat-tuned, which is why the default is plain.
+    prompt_format: str = "plain"
     model: str = ""  # openai: model name on the server
     base_url: str = ""  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (the key is never stored)
@@ -33,7 +35,7 @@ class LLMConfig:
 
     def validate(self, where: str) -> None:
         one_of(self.backend, ("llamacpp", "openai", "fake"), f"{where}.backend")
-        one_of(self.prompt_format, ("plain", "chat"), f"{where}.prompt_format")
+        one_of(self.prompt_format, ("plain", "chat", "auto"), f"{where}.prompt_format")
         one_of(self.api, ("completions", "chat"), f"{where}.api")
         if self.seed < 1:
             raise ConfigError(f"{where}.seed must be >= 1 (llama-cpp-python reads 0 as a random seed)")

@@ -103,11 +103,16 @@ class LlamaCppBackend:
             stop=list(req.stop) or None, grammar=grammar, repeat_penalty=req.repeat_penalty,
         )
         self._check_fits(len(self._tokens(self.gen, req.prompt, True)) + req.max_tokens, "prompt + max_tokens")
-        if self.cfg.prompt_format == "chat":
+        if self.uses_chat_template():
             out = self.gen.create_chat_completion(messages=[{"role": "user", "content": req.prompt}], **kwargs)
             return out["choices"][0]["message"]["content"] or ""
         out = self.gen.create_completion(req.prompt, **kwargs)
         return out["choices"][0]["text"]
+
+    def uses_chat_template(self) -> bool:
+        if self.cfg.prompt_format == "auto":
+            return bool(self.gen.metadata.get("tokenizer.chat_template"))
+        return self.cfg.prompt_format == "chat"
 
     @staticmethod
     def _eval_reusing_prefix(llm, tokens: list[int]) -> None:

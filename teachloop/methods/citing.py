@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .. import prompts
 from ..llm import LLM, ParseError, Request
+from ..rubrics import normalise_text
 from ..student.prompting import input_block, record_prompt, revise_prompt
 
 
@@ -43,6 +44,27 @@ def parse_revision(text: str) -> str:
     return text
 
 
+def check_not_copied(revision: str, rubric: str) -> str:
+    """`revision` unless it merely repeats the rubric or the prompt's worked example (small teachers do both).
+
+    >>> check_not_copied("Paris is the capital.", "1. Correct. 2. Clear.")
+    'Paris is the capital.'
+    >>> check_not_copied("1. Correct. 2. Clear.", "1. Correct. 2. Clear.")
+    Traceback (most recent call last):
+    ...
+    teachloop.llm.client.ParseError: revision repeats the rubric or the prompt's example
+    >>> check_not_copied("2. Is correct. 3. Is clear and brief.", "1. Answers it. 2. Is correct. 3. Is clear and brief.")
+    Traceback (most recent call last):
+    ...
+    teachloop.llm.client.ParseError: revision repeats the rubric or the prompt's example
+    """
+    text, rubric = normalise_text(revision), normalise_text(rubric)
+    example = normalise_text(prompts.load("teacher_revise").split("### Task:\n{instruction}")[0])
+    if text == rubric or (len(text) >= 20 and (text in example or text in rubric)):
+        raise ParseError("revision repeats the rubric or the prompt's example")
+    return revision
+
+
 def teacher_prompt(rec: dict, rubric: str, answer: str) -> str:
     return prompts.render("teacher_revise", instruction=rec["instruction"], input_block=input_block(rec.get("input", "")),
                           rubric=rubric, answer=answer or "(no answer)")
@@ -51,7 +73,7 @@ def teacher_prompt(rec: dict, rubric: str, answer: str) -> str:
 def revise(teacher: LLM, rec: dict, rubric: str, answer: str, cfg: RoundConfig, stop: tuple[str, ...]) -> dict:
     req = Request(teacher_prompt(rec, rubric, answer), max_tokens=cfg.revise_max_tokens, stop=stop,
                   repeat_penalty=1.1, seed=cfg.seed)
-    res = teacher.generate(req, parse_revision, attempts=cfg.attempts)
+    res = teacher.generate(req, lambda t: check_not_copied(parse_revision(t), rubric), attempts=cfg.attempts)
     return {"revision": res.parsed if res.ok else "", "ok": res.ok, "attempts": res.attempts, "raw": res.raw,
             "error": res.error, "prompt_version": prompts.version("teacher_revise")}
 
