@@ -81,17 +81,7 @@ def parse_named_rubric(text: str) -> dict:
 
 def prompt_example_texts(name: str) -> set[str]:
     """The names and rubrics of a prompt's worked example: a reply that repeats them is a copy, not an answer."""
-    found = re.findall(r'"(?:name|rubric)": "([^"]+)"', prompts.load(name))
-    return {normalise_text(t) for t in found}
-
-
-def normalise_text(text: str) -> str:
-    """Lower-case words only: numbering and punctuation do not make a copied text new.
-
-    >>> normalise_text("2. Is correct!")
-    'is correct'
-    """
-    return re.sub(r"[\W\d_]+", " ", text.lower()).strip()
+    return set(re.findall(r'"(?:name|rubric)": "([^"]+)"', prompts.load(name)))
 
 
 def reject_copies(parsed: dict, examples: set[str]) -> dict:
@@ -102,9 +92,8 @@ def reject_copies(parsed: dict, examples: set[str]) -> dict:
     ...
     teachloop.llm.client.ParseError: reply copies the prompt's worked example
     """
-    for field in (normalise_text(parsed["name"]), normalise_text(parsed["rubric"])):
-        if any(field == ex or (len(field) >= 20 and field in ex) for ex in examples):
-            raise ParseError("reply copies the prompt's worked example")
+    if prompts.repeats(parsed["name"], examples) or prompts.repeats(parsed["rubric"], examples):
+        raise ParseError("reply copies the prompt's worked example")
     return parsed
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from .. import prompts
 from ..llm import LLM, ParseError, Request
-from ..rubrics import normalise_text
 from ..student.prompting import input_block, record_prompt, revise_prompt
 
 
@@ -58,9 +57,8 @@ def check_not_copied(revision: str, rubric: str) -> str:
     ...
     teachloop.llm.client.ParseError: revision repeats the rubric or the prompt's example
     """
-    text, rubric = normalise_text(revision), normalise_text(rubric)
-    example = normalise_text(prompts.load("teacher_revise").split("### Task:\n{instruction}")[0])
-    if text == rubric or (len(text) >= 20 and (text in example or text in rubric)):
+    example = prompts.load("teacher_revise").split("### Task:\n{instruction}")[0]
+    if prompts.repeats(revision, [rubric, example]):
         raise ParseError("revision repeats the rubric or the prompt's example")
     return revision
 

@@ -5,8 +5,10 @@ which prompt produced them and a changed prompt is a changed DVC dependency.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 HERE = Path(__file__).parent
 
@@ -34,3 +36,26 @@ def render(name: str, **fields: str) -> str:
     for key, value in fields.items():
         text = text.replace("{" + key + "}", value)
     return text
+
+
+def normalise(text: str) -> str:
+    """Lower-case words only: numbering and punctuation do not make a copied text new.
+
+    >>> normalise("2. Is correct!")
+    'is correct'
+    """
+    return re.sub(r"[\W\d_]+", " ", text.lower()).strip()
+
+
+def repeats(reply: str, sources: Iterable[str], min_chars: int = 20) -> bool:
+    """Whether `reply` merely repeats prompt text: equal to a source, or (if long enough to mean it) part of one.
+
+    Small models copy a prompt's worked example or the rubric they were given instead of answering.
+
+    >>> repeats("2. Is correct. 3. Is clear and brief.", ["1. Answers it. 2. Is correct. 3. Is clear and brief."])
+    True
+    >>> repeats("Paris is the capital.", ["1. Correct. 2. Clear."])
+    False
+    """
+    text = normalise(reply)
+    return any(text == normalise(s) or (len(text) >= min_chars and text in normalise(s)) for s in sources)
