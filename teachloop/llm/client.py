@@ -42,6 +42,14 @@ class Stats:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def counts(self) -> dict:
+        """The counts that depend only on the stage's inputs, for DVC-tracked outputs.
+
+        How many requests the cache answered (`hits`) depends on what ran before, so it goes to the run log
+        (`teachloop.runlog`), never into a DVC out whose hash must not change when a stage re-runs from cache.
+        """
+        return {"requests": self.calls + self.hits, "retried": self.retried, "failed": self.failed}
+
 
 class LLM:
     def __init__(self, backend: Backend, cache: CallCache | None = None, name: str = "llm"):
