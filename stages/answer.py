@@ -1,8 +1,8 @@
 """Stage `answer@MODEL`: a trained student answers the four eval sets (greedy, budget in student.decode).
 
-    python stages/answer.py --name citing_r3 --adapter models/citing/3 --mode citing \
-        --prepared data/prepared --rubrics data/rubrics --out data/answers/citing_r3
-Writes OUT/<eval_set>.jsonl (id, eval_set, instruction, input, answer, model) and OUT/calls.json.
+    python stages/answer.py --name NAME --adapter ADAPTER --mode plain|citing --prepared DIR --rubrics DIR \
+        --out DIR --counts JSON          (dvc.yaml's answer@NAME stages give the real paths)
+Writes OUT/<eval_set>.jsonl (id, eval_set, instruction, input, answer, model) and the counts to --counts.
 `--mode citing` answers as CITING's student does at inference: draft, then revise with the retrieved rubric.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from teachloop import roles
+from teachloop import roles, runlog
 from teachloop.config import load_section, read_params
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.data import eval_paths, read_jsonl, split_path, write_json, write_jsonl
 from teachloop.methods.citing import answer_with_rubric
 from teachloop.rubrics import rubric_lookup
 from teachloop.student.prompting import record_prompt
@@ -31,8 +31,8 @@ class AnswerConfig:
 
 def eval_sets(prepared: Path, cfg: AnswerConfig) -> dict[str, list[dict]]:
     """The held-out test split plus every extra eval set, each capped to the same seeded subset."""
-    sets = {"test": [{**r, "eval_set": "test"} for r in read_jsonl(prepared / "test.jsonl")]}
-    sets.update({p.stem: read_jsonl(p) for p in sorted((prepared / "eval").glob("*.jsonl"))})
+    sets = {"test": [{**r, "eval_set": "test"} for r in read_jsonl(split_path(prepared, "test"))]}
+    sets.update({name: read_jsonl(path) for name, path in eval_paths(prepared).items()})
     if cfg.max_per_set:
         sets = {k: random.Random(cfg.seed).sample(sorted(v, key=lambda r: r["id"]), min(cfg.max_per_set, len(v)))
                 for k, v in sets.items()}
@@ -45,27 +45,34 @@ def eval_sets(prepared: Path, cfg: AnswerConfig) -> dict[str, list[dict]]:
 @click.option("--adapter", required=True, type=click.Path(exists=True, path_type=Path), help="PEFT adapter dir.")
 @click.option("--mode", type=click.Choice(["plain", "citing"]), default="plain", show_default=True,
               help="plain: one greedy answer; citing: draft + rubric-guided revisions.")
-@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="data/prepared")
+@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="The prepare stage's output dir.")
 @click.option("--rubrics", "rubric_dir", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dir (data/answers/NAME).")
-def main(params: str, name: str, adapter: Path, mode: str, prepared: Path, rubric_dir: Path, out: Path) -> None:
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dir: one <eval_set>.jsonl per set.")
+@click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
+              help="Counts JSON to write (requests, re-asks, failures).")
+def main(params: str, name: str, adapter: Path, mode: str, prepared: Path, rubric_dir: Path, out: Path,
+         counts_path: Path) -> None:
     """Answer every eval item with the given adapter."""
     p = read_params(params)
     cfg = load_section(p, "answer", AnswerConfig)
     decode = roles.decode(p)
     student = roles.student_llm(p, adapter)
     lookup = rubric_lookup(rubric_dir) if mode == "citing" else {}
-    for set_name, rows in eval_sets(prepared, cfg).items():
-        answered = []
-        for rec in tqdm(rows, desc=f"{name} {set_name}"):
-            if mode == "citing":
-                got = answer_with_rubric(student, rec, lookup[rec["id"]]["rubric"], decode, cfg.citing_revisions)
-            else:
-                got = {"answer": student.complete(decode.request(record_prompt(rec))).strip()}
-            answered.append({"id": rec["id"], "eval_set": set_name, "instruction": rec["instruction"],
-                             "input": rec.get("input", ""), "model": name, **got})
-        write_jsonl(out / f"{set_name}.jsonl", answered)
-    write_json(out / "calls.json", student.stats.as_dict())
+    n_answers = n_empty = 0
+    with runlog.timed(f"answer@{name}") as extra:
+        for set_name, rows in eval_sets(prepared, cfg).items():
+            answered = []
+            for rec in tqdm(rows, desc=f"{name} {set_name}"):
+                if mode == "citing":
+                    got = answer_with_rubric(student, rec, lookup[rec["id"]]["rubric"], decode, cfg.citing_revisions)
+                else:
+                    got = {"answer": student.complete(decode.request(record_prompt(rec))).strip()}
+                answered.append({"id": rec["id"], "eval_set": set_name, "instruction": rec["instruction"],
+                                 "input": rec.get("input", ""), "model": name, **got})
+            write_jsonl(out / f"{set_name}.jsonl", answered)
+            n_answers, n_empty = n_answers + len(answered), n_empty + sum(not r["answer"] for r in answered)
+        extra["llm"] = student.stats.as_dict()
+    write_json(counts_path, {**student.stats.counts(), "answers": n_answers, "empty": n_empty})
     click.echo(f"{name}: answered; student {student.stats.as_dict()}")
 
 

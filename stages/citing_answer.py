@@ -1,7 +1,7 @@
 """Stage `citing_answer@R`: the round's sample of training instructions, answered by the previous student.
 
-    python stages/citing_answer.py --round 2 --prepared data/prepared --rubrics data/rubrics \
-        --adapter models/citing/1 --out data/rounds/2/answers.jsonl
+    python stages/citing_answer.py --round R --prepared DIR --rubrics DIR --adapter PREVIOUS_ADAPTER \
+        --out JSONL --counts JSON        (dvc.yaml's citing_answer@R stages give the real paths)
 Each row keeps the instruction id, its category and rubric id, and the student's answer.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from teachloop import roles
+from teachloop import roles, runlog
 from teachloop.config import load_section, read_params
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
 from teachloop.methods.citing import RoundConfig, sample_round
 from teachloop.rubrics import rubric_lookup
 from teachloop.student.prompting import record_prompt
@@ -22,12 +22,15 @@ from teachloop.student.prompting import record_prompt
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--round", "round_no", required=True, type=int, help="Round number (1-based).")
-@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="data/prepared")
+@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="The prepare stage's output dir.")
 @click.option("--rubrics", "rubric_dir", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--adapter", required=True, type=click.Path(exists=True, path_type=Path),
-              help="The previous round's adapter (round 1: models/sft).")
+              help="The previous round's adapter (round 1: the SFT adapter).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="answers.jsonl to write.")
-def main(params: str, round_no: int, prepared: Path, rubric_dir: Path, adapter: Path, out: Path) -> None:
+@click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
+              help="Counts JSON to write (requests, re-asks, failures).")
+def main(params: str, round_no: int, prepared: Path, rubric_dir: Path, adapter: Path, out: Path,
+         counts_path: Path) -> None:
     """Sample the round's instructions and let the current student answer them."""
     p = read_params(params)
     cfg = load_section(p, "citing.round", RoundConfig)
@@ -35,11 +38,14 @@ def main(params: str, round_no: int, prepared: Path, rubric_dir: Path, adapter: 
     student = roles.student_llm(p, adapter)
     lookup = rubric_lookup(rubric_dir)
     rows = []
-    for rec in tqdm(sample_round(read_jsonl(prepared / "train.jsonl"), cfg, round_no), desc=f"round {round_no} answers"):
-        answer = student.complete(decode.request(record_prompt(rec))).strip()
-        rows.append({**rec, "round": round_no, "category": lookup[rec["id"]]["category"], "answer": answer})
+    with runlog.timed(f"citing_answer@{round_no}") as extra:
+        for rec in tqdm(sample_round(read_jsonl(split_path(prepared, "train")), cfg, round_no),
+                        desc=f"round {round_no} answers"):
+            answer = student.complete(decode.request(record_prompt(rec))).strip()
+            rows.append({**rec, "round": round_no, "category": lookup[rec["id"]]["category"], "answer": answer})
+        extra["llm"] = student.stats.as_dict()
     write_jsonl(out, rows)
-    write_json(out.with_name("answer_calls.json"), student.stats.as_dict())
+    write_json(counts_path, {**student.stats.counts(), "answers": len(rows), "empty": sum(not r["answer"] for r in rows)})
     click.echo(f"round {round_no}: {len(rows)} answers; student {student.stats.as_dict()}")
 
 

@@ -1,7 +1,6 @@
 """Stage `rank_contextual@SET`: the teacher ranks all N candidates of an instruction in one prompt (Tuna_c).
 
-    python stages/rank_contextual.py --candidates data/candidates/sft/candidates.jsonl \
-        --out data/candidates/sft/contextual.jsonl
+    python stages/rank_contextual.py --candidates JSONL --out JSONL --counts JSON   (paths: dvc.yaml)
 Replies that are not a permutation are re-asked, then recorded as failed (ranking: null) with their raw text.
 """
 from __future__ import annotations
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from teachloop import roles
+from teachloop import roles, runlog
 from teachloop.config import load_section, read_params
 from teachloop.data import read_jsonl, write_json, write_jsonl
 from teachloop.methods.ranking import ContextualConfig, rank_contextual
@@ -20,13 +19,17 @@ from teachloop.methods.ranking import ContextualConfig, rank_contextual
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--candidates", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="contextual.jsonl to write.")
-def main(params: str, candidates: Path, out: Path) -> None:
+@click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
+              help="Counts JSON to write (requests, re-asks, failures).")
+def main(params: str, candidates: Path, out: Path, counts_path: Path) -> None:
     """Ask the teacher for one ranking of each instruction's candidates."""
     p = read_params(params)
     teacher = roles.teacher(p)
-    items, counts = rank_contextual(teacher, read_jsonl(candidates), load_section(p, "contextual", ContextualConfig))
+    with runlog.timed(f"rank_contextual:{candidates.parent.name}") as extra:
+        items, counts = rank_contextual(teacher, read_jsonl(candidates), load_section(p, "contextual", ContextualConfig))
+        extra["llm"] = teacher.stats.as_dict()
     write_jsonl(out, items)
-    write_json(out.with_name("contextual_calls.json"), {**teacher.stats.as_dict(), **counts})
+    write_json(counts_path, {**teacher.stats.counts(), **counts})
     click.echo(f"contextual ranking: {counts}")
 
 

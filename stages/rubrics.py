@@ -1,8 +1,8 @@
 """Stage `rubrics`: the teacher forms instruction categories with one rubric each; every instruction gets one.
 
-    python stages/rubrics.py --prepared data/prepared --embeddings data/embeddings --out data/rubrics
+    python stages/rubrics.py --prepared DIR --embeddings DIR --out DIR --counts JSON   (paths: dvc.yaml)
 Writes OUT/categories.json (name, rubric, member ids, raw teacher replies), OUT/assignments.jsonl
-(id, set, category, score per category), OUT/summary.md and OUT/calls.json.
+(id, set, category, score per category), OUT/summary.md, and the teacher's counts to --counts.
 """
 from __future__ import annotations
 
@@ -11,31 +11,35 @@ from pathlib import Path
 import click
 import numpy as np
 
-from teachloop import embeddings, roles, rubrics
+from teachloop import embeddings, roles, rubrics, runlog
 from teachloop.config import load_section, read_params
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
 
 
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="data/prepared")
+@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="The prepare stage's output dir.")
 @click.option("--embeddings", "emb_dir", required=True, type=click.Path(exists=True, path_type=Path),
-              help="data/embeddings")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dir (data/rubrics).")
-def main(params: str, prepared: Path, emb_dir: Path, out: Path) -> None:
+              help="The embed stage's output dir.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dir.")
+@click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
+              help="Counts JSON to write (requests, re-asks, failures).")
+def main(params: str, prepared: Path, emb_dir: Path, out: Path, counts_path: Path) -> None:
     """Categorise the training instructions and write rubrics (mode in rubrics.mode), then assign the rest."""
     p = read_params(params)
     cfg = load_section(p, "rubrics", rubrics.RubricsConfig)
     teacher = roles.teacher(p)
-    train = read_jsonl(prepared / "train.jsonl")
+    train = read_jsonl(split_path(prepared, "train"))
     ids, vectors = embeddings.load(emb_dir / "train.npz")
     index = dict(zip(ids, vectors))
     train_vecs = np.stack([index[r["id"]] for r in train])
     unsorted: list[str] = []
-    if cfg.mode == "cluster":
-        cats = rubrics.categories_by_cluster(train, train_vecs, cfg, teacher)
-    else:
-        cats, unsorted = rubrics.categories_by_llm(train, cfg, teacher)
+    with runlog.timed("rubrics") as extra:
+        if cfg.mode == "cluster":
+            cats = rubrics.categories_by_cluster(train, train_vecs, cfg, teacher)
+        else:
+            cats, unsorted = rubrics.categories_by_llm(train, cfg, teacher)
+        extra["llm"] = teacher.stats.as_dict()
     assignments, counts = [], {}
     for npz in sorted(emb_dir.glob("*.npz")):
         set_ids, vecs = embeddings.load(npz)
@@ -51,8 +55,8 @@ def main(params: str, prepared: Path, emb_dir: Path, out: Path) -> None:
     write_json(out / "categories.json", [{"id": i, **c} for i, c in enumerate(cats)])
     write_jsonl(out / "assignments.jsonl", assignments)
     (out / "summary.md").write_text(rubrics.summary_markdown(cats, by_id, counts), encoding="utf-8")
-    write_json(out / "calls.json", {**teacher.stats.as_dict(), "unsorted_by_teacher": len(unsorted),
-                                    "failed_categories": sum(not c["ok"] for c in cats)})
+    write_json(counts_path, {**teacher.stats.counts(), "unsorted_by_teacher": len(unsorted),
+                             "failed_categories": sum(not c["ok"] for c in cats)})
     click.echo(f"{len(cats)} categories; teacher {teacher.stats.as_dict()}; {len(unsorted)} assigned by embedding")
 
 

@@ -1,7 +1,6 @@
 """Stage `score_probabilistic@SET`: the teacher's length-normalised log-probability of every candidate (Tuna_p).
 
-    python stages/score_probabilistic.py --candidates data/candidates/sft/candidates.jsonl \
-        --out data/candidates/sft/probabilistic.jsonl
+    python stages/score_probabilistic.py --candidates JSONL --out JSONL --counts JSON   (paths: dvc.yaml)
 """
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from teachloop import roles
+from teachloop import roles, runlog
 from teachloop.config import read_params
 from teachloop.data import read_jsonl, write_json, write_jsonl
 from teachloop.llm import BackendError
@@ -20,16 +19,20 @@ from teachloop.methods.ranking import rank_probabilistic
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--candidates", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="probabilistic.jsonl to write.")
-def main(params: str, candidates: Path, out: Path) -> None:
+@click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
+              help="Counts JSON to write (requests, re-asks, failures).")
+def main(params: str, candidates: Path, out: Path, counts_path: Path) -> None:
     """Score each candidate by the teacher's mean token log-probability and rank best..worst."""
     p = read_params(params)
     teacher = roles.teacher(p)
-    try:
-        items, counts = rank_probabilistic(teacher, read_jsonl(candidates), p["probabilistic"]["length_penalty"])
-    except BackendError as e:
-        raise click.ClickException(str(e)) from e
+    with runlog.timed(f"score_probabilistic:{candidates.parent.name}") as extra:
+        try:
+            items, counts = rank_probabilistic(teacher, read_jsonl(candidates), p["probabilistic"]["length_penalty"])
+        except BackendError as e:
+            raise click.ClickException(str(e)) from e
+        extra["llm"] = teacher.stats.as_dict()
     write_jsonl(out, items)
-    write_json(out.with_name("probabilistic_calls.json"), {**teacher.stats.as_dict(), **counts})
+    write_json(counts_path, {**teacher.stats.counts(), **counts})
     click.echo(f"probabilistic ranking: {counts}")
 
 

@@ -2,7 +2,7 @@
 
     teachloop round 3            # dvc repro of round 3's last stage (rounds 1-2 reused if current)
     teachloop set-rounds 5       # declare rounds 1..5 in params.yaml (comments kept)
-    teachloop answer -i "Explain tides." --adapter models/citing/3 --revisions 2
+    teachloop answer -i "Explain tides." --adapter ADAPTER_DIR --revisions 2   # e.g. the last round's adapter
 """
 from __future__ import annotations
 
@@ -42,16 +42,32 @@ def round_(n: int, params: str) -> None:
     if code:
         sys.exit(code)
     click.echo(f"\nCITING rounds 1..{n} are up to date:")
+    lock = _load_yaml("dvc.lock").get("stages", {})
     for r in range(1, n + 1):
-        click.echo(f"  round {r}: answers data/rounds/{r}/answers.jsonl, revisions data/rounds/{r}/revisions.jsonl, "
-                   f"adapter models/citing/{r}/, loss metrics/train/citing_{r}.tsv")
+        outs = [o["path"] for stage in ("citing_answer", "citing_revise", "citing_train")
+                for o in lock.get(f"{stage}@{r}", {}).get("outs", [])]
+        click.echo(f"  round {r}: {', '.join(outs)}")
+
+
+def _load_yaml(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _stage_out(stage: str, key: str = "", dvc_yaml: str = "dvc.yaml") -> str:
+    """A stage's first declared output, read from dvc.yaml (the one place output paths are named)."""
+    spec = _load_yaml(dvc_yaml)["stages"][stage]
+    out = (spec.get("do", spec))["outs"][0]
+    return str(next(iter(out)) if isinstance(out, dict) else out).replace("${key}", key)
 
 
 @main.command("set-rounds")
 @click.argument("r", type=int)
 @click.option("--params", default="params.yaml", show_default=True)
 def set_rounds(r: int, params: str) -> None:
-    """Declare CITING rounds 1..R in params.yaml (round 1 continues models/sft, round k models/citing/k-1)."""
+    """Declare CITING rounds 1..R in params.yaml (round k continues round k-1's adapter; round 1 is kept)."""
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
     from ruamel.yaml.scalarstring import DoubleQuotedScalarString
@@ -63,18 +79,22 @@ def set_rounds(r: int, params: str) -> None:
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
     path = Path(params)
+    dvc_yaml = str(path.parent / "dvc.yaml") if (path.parent / "dvc.yaml").exists() else "dvc.yaml"
     doc = yaml.load(path)
     rounds = doc["citing"]["rounds"]
+    if "1" not in rounds:
+        raise click.ClickException(f"{path}: citing.rounds has no round 1 to extend (it names the adapter "
+                                   f"round 1 continues, e.g. the sft stage's)")
     for key in list(rounds):
         if int(key) > r:
             del rounds[key]
     for k in range(1, r + 1):
         if str(k) not in rounds:
-            entry = CommentedMap(prev="models/sft" if k == 1 else f"models/citing/{k - 1}")
+            entry = CommentedMap(prev=_stage_out("citing_train", str(k - 1), dvc_yaml))
             entry.fa.set_flow_style()
             rounds[DoubleQuotedScalarString(str(k))] = entry
     yaml.dump(doc, path)
-    click.echo(f"declared CITING rounds 1..{r} in {path}; add citing_r{r} to evaluate.models/comparisons to judge it")
+    click.echo(f"declared CITING rounds 1..{r} in {path}; add citing_r{r} to evaluate.models and evaluate.comparisons to judge it")
 
 
 def _read_instructions(instructions: tuple[str, ...], file: str | None) -> list[dict]:
@@ -100,12 +120,12 @@ def _read_instructions(instructions: tuple[str, ...], file: str | None) -> list[
 @click.option("-i", "--instruction", "instructions", multiple=True, help="An instruction to answer (repeatable).")
 @click.option("-f", "--file", type=click.Path(exists=True, dir_okay=False),
               help="Instructions: a .txt file (one per line), or Alpaca JSON / JSONL.")
-@click.option("--adapter", default="models/citing/3", show_default=True, type=click.Path(exists=True),
+@click.option("--adapter", required=True, type=click.Path(exists=True),
               help="Trained student adapter dir (PEFT dir with adapter.gguf).")
-@click.option("--rubrics", default="data/rubrics", show_default=True, type=click.Path(exists=True),
-              help="Rubric clusters from the rubrics stage.")
-@click.option("--embeddings", default="data/embeddings", show_default=True, type=click.Path(exists=True),
-              help="Embeddings dir with train.npz (category members).")
+@click.option("--rubrics", default=None, type=click.Path(exists=True),
+              help="Rubric clusters dir (default: the rubrics stage's output in dvc.yaml).")
+@click.option("--embeddings", default=None, type=click.Path(exists=True),
+              help="Embeddings dir with train.npz (default: the embed stage's output in dvc.yaml).")
 @click.option("--revisions", default=1, show_default=True, type=int,
               help="Rubric-guided self-revisions after the first draft (0 = draft only).")
 @click.option("--params", default="params.yaml", show_default=True, help="Params (student.llm, student.decode, embed).")
@@ -122,6 +142,8 @@ def answer(instructions, file, adapter, rubrics, embeddings, revisions, params) 
     from .rubrics import assign
 
     p = read_params(params)
+    rubrics = rubrics or _stage_out("rubrics")
+    embeddings = embeddings or _stage_out("embed")
     rows = _read_instructions(instructions, file)
     cats = read_json(Path(rubrics) / "categories.json")
     ids, vecs = emb.load(Path(embeddings) / "train.npz")

@@ -156,3 +156,22 @@ def write_json(path: str | Path, obj) -> None:
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# The layout of the prepare stage's output dir (dvc.yaml names the dir; these names live here and nowhere else).
+SPLITS = ("train", "val", "test")
+
+
+def split_path(prepared: str | Path, split: str) -> Path:
+    """The JSONL of one split (train / val / test) inside a prepared dir."""
+    return Path(prepared) / f"{split}.jsonl"
+
+
+def eval_path(prepared: str | Path, name: str) -> Path:
+    """The JSONL of one extra eval set inside a prepared dir."""
+    return Path(prepared) / "eval" / f"{name}.jsonl"
+
+
+def eval_paths(prepared: str | Path) -> dict[str, Path]:
+    """{eval set name: JSONL} of every extra eval set in a prepared dir, sorted by name."""
+    return {p.stem: p for p in sorted((Path(prepared) / "eval").glob("*.jsonl"))}

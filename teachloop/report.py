@@ -1,4 +1,4 @@
-"""The run's results for people and for DVC: metrics JSON, PNG plots, and reports/report.md.
+"""The run's results for people and for DVC: metrics JSON, PNG plots, and the markdown report.
 
 `build_report(...)` does it all from judge verdict records; run it through `python stages/report.py`. Plots use
 matplotlib's Agg backend (files only, no display, no network).
@@ -23,7 +23,7 @@ NAMES = {"sft": "SFT", "tuna_p": "Tuna_p", "tuna_c": "Tuna_c", "tuna": "Tuna", "
          "dpo": "DPO", "ppo": "PPO"}
 SET_NAMES = {"test": "Held-out", "reading": "Reading", "factual": "Factual", "commonsense": "Commonsense"}
 ROUND = re.compile(r"^citing_r(\d+)_vs_sft$")
-PLOT_FILES = {"rounds": "citing_rounds.png", "criteria": "criteria.png", "loss": "loss.png"}  # under --plots-dir
+PLOTS = ("rounds", "criteria", "loss")  # the report's figures; dvc.yaml names their files
 
 
 @dataclass
@@ -171,6 +171,14 @@ def _number(text) -> bool:
         return False
 
 
+def find_loss_logs(logs_dir: str | Path | None) -> dict[str, str]:
+    """{training stage: its loss TSV} for every dvclive dir under `logs_dir` (dvclive keeps a metric's steps in
+    `<dir>/plots/metrics/<metric>.tsv`)."""
+    if not logs_dir or not Path(logs_dir).exists():
+        return {}
+    return {p.parents[2].name: str(p) for p in sorted(Path(logs_dir).glob("*/plots/metrics/loss.tsv"))}
+
+
 def plot_losses(logs: dict[str, str], path: str | Path) -> list[str]:
     """Training loss curves, one line per log; returns the names whose log was missing or empty."""
     plt = _plt()
@@ -273,10 +281,12 @@ def examples_md(records: list[dict], n: int, seed: int) -> str:
 
 
 def calls_table(calls: list[dict]) -> str:
+    """LLM requests per stage with re-asks and failures, and whatever else each stage counted (skips, empties)."""
     if not calls:
-        return "_No call counts were passed in._"
-    keys = ["stage", "calls", "hits", "retried", "failed"]
-    return _table(keys, [[c.get(k, "") for k in keys] for c in calls])
+        return "_No stage counts were found._"
+    keys = ["stage", "requests", "retried", "failed"]
+    other = lambda c: ", ".join(f"{k} {v}" for k, v in c.items() if k not in keys)  # noqa: E731
+    return _table(keys + ["other counts"], [[c.get(k, "") for k in keys] + [other(c)] for c in calls])
 
 
 def models_line(judge: str, teacher: str, student: str) -> str:
@@ -320,20 +330,22 @@ def render_report(summaries, by_comparison, plots: dict[str, str], report_dir: P
     out += ["## Rubrics", "", Path(rubric_summary).read_text(encoding="utf-8").strip() if found else
             f"_No rubric summary found{f' at `{rubric_summary}`' if rubric_summary else ''}._", ""]
     out += [f"## Examples ({comparison_label(src)})", "", examples_md(by_comparison[src], cfg.n_examples, cfg.seed),
-            "", "## LLM calls", "", calls_table(calls), "", "## Params", "", "```yaml",
+            "", "## LLM calls and skips", "", "Requests answered by the backend or the call cache; how many "
+            "the cache answered is in the run log (`.cache/runlog.jsonl`), not here, so a re-run from cache "
+            "gives the same report.", "", calls_table(calls), "", "## Params", "", "```yaml",
             yaml.safe_dump(params, sort_keys=False).strip(), "```", ""]
     return "\n".join(out)
 
 
 def build_report(by_comparison: dict[str, list[dict]], cfg: ReportConfig, metrics_out: str | Path,
-                 plots_dir: str | Path, report_out: str | Path, logs: dict[str, str] | None = None,
+                 plot_paths: dict[str, str | Path], report_out: str | Path, logs: dict[str, str] | None = None,
                  rubric_summary: str | None = None, params: dict | None = None, calls: list[dict] | None = None,
                  models: tuple[str, str, str] = ("unspecified",) * 3) -> dict[str, dict]:
     """Write metrics JSON, plots and the markdown report; return the per-comparison summaries."""
     summaries = summarise_all(by_comparison, cfg.n_boot, cfg.seed, cfg.ci)
     write_json(metrics_out, metrics_json(summaries))
-    plots_dir, report_out = Path(plots_dir), Path(report_out)
-    paths = {k: str(plots_dir / f) for k, f in PLOT_FILES.items()}
+    report_out = Path(report_out)
+    paths = {k: str(plot_paths[k]) for k in PLOTS}
     missing = plot_losses(logs or {}, paths["loss"])
     has = {"rounds": plot_rounds(summaries, paths["rounds"]), "criteria": plot_criteria(summaries, paths["criteria"]),
            "loss": len(missing) < len(logs or {})}

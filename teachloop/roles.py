@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import build, load_section
+from .config import ConfigError, build, load_section
 from .llm import LLM, LLMConfig, Request, make_llm
 
 
@@ -34,6 +34,10 @@ def teacher(params: dict) -> LLM:
 def student_llm(params: dict, adapter_dir: str | Path | None) -> LLM:
     """The student as an LLM: base GGUF + the adapter's GGUF twin (no adapter = the base model)."""
     cfg = build(LLMConfig, params["student"]["llm"], "student.llm")
+    if cfg.lora:
+        # Each stage names the adapter it generates with; a params value would be silently replaced.
+        raise ConfigError("student.llm.lora is set by each stage from its adapter dir (dvc.yaml); "
+                          "remove it from params.yaml")
     if adapter_dir:
         cfg = cfg.replace(lora=str(Path(adapter_dir) / "adapter.gguf"))
     return make_llm(cfg, "student")

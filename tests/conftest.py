@@ -22,7 +22,9 @@ def _build_base() -> Path:
         if (candidate / "manifest.json").exists() and (candidate / "hf" / "model.safetensors").exists():
             return candidate
     TEST_BASE.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(ROOT / "stages" / "base.py"), "--out", str(TEST_BASE)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, str(ROOT / "stages" / "base.py"), "--gguf", str(TEST_BASE / "model.gguf"),
+                    "--hf", str(TEST_BASE / "hf"), "--manifest", str(TEST_BASE / "manifest.json")],
+                   cwd=ROOT, check=True)
     return TEST_BASE
 
 

@@ -17,7 +17,7 @@ class LLMConfig:
     """Where an LLM lives and how it is run. Secrets never live here: only the *name* of the env var."""
 
     backend: str = "llamacpp"  # llamacpp (in-process GGUF) | openai (any OpenAI-compatible server) | fake (tests)
-    gguf: str = "models/base/model.gguf"  # llamacpp: model file
+    gguf: str = ""  # llamacpp: model file (params name it; the default pipeline uses the base stage's GGUF)
     lora: str = ""  # llamacpp: optional LoRA adapter in GGUF form (a trained student)
     # llamacpp: plain completion | chat (the GGUF's own chat template) | auto (chat when the GGUF carries a
     # template). A base model may carry one without being chat-tuned, which is why the default is plain.
@@ -39,6 +39,8 @@ class LLMConfig:
         one_of(self.api, ("completions", "chat"), f"{where}.api")
         if self.seed < 1:
             raise ConfigError(f"{where}.seed must be >= 1 (llama-cpp-python reads 0 as a random seed)")
+        if self.backend == "llamacpp" and not self.gguf:
+            raise ConfigError(f"{where}: backend llamacpp needs 'gguf' (a .gguf model file)")
         if self.backend == "openai" and not (self.model and self.base_url):
             raise ConfigError(f"{where}: backend openai needs 'model' and 'base_url'")
 
