@@ -1,6 +1,6 @@
 """Stage `base`: assemble the student/teacher GGUF and convert it to a HF safetensors dir the trainer loads.
 
-    python stages/base.py --gguf models/base/model.gguf --hf models/base/hf --manifest models/base/manifest.json
+    python stages/base.py --gguf GGUF --hf DIR --manifest JSON   (paths: dvc.yaml)
 The manifest records the GGUF's sha256 and the conversion settings: only what the inputs determine (no wall
 time; that goes to the run log), so the same params give the same bytes and nothing downstream re-runs.
 """

@@ -26,7 +26,7 @@ from teachloop.student.prompting import record_prompt
 @click.option("--rubrics", "rubric_dir", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--adapter", required=True, type=click.Path(exists=True, path_type=Path),
               help="The previous round's adapter (round 1: the SFT adapter).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="answers.jsonl to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Answers JSONL to write.")
 @click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
               help="Counts JSON to write (requests, re-asks, failures).")
 def main(params: str, round_no: int, prepared: Path, rubric_dir: Path, adapter: Path, out: Path,

@@ -18,7 +18,7 @@ from teachloop.methods.ranking import ContextualConfig, rank_contextual
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--candidates", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="contextual.jsonl to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Ranked items JSONL to write.")
 @click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
               help="Counts JSON to write (requests, re-asks, failures).")
 def main(params: str, candidates: Path, out: Path, counts_path: Path) -> None:

@@ -1,6 +1,7 @@
 """End-to-end smoke run of the whole DVC pipeline on a tiny profile, with the real packaged model as student,
-teacher and judge: every stage runs, a second `dvc repro` does nothing, and a judge-only change re-runs only
-judging and the report."""
+teacher and judge: every stage runs, a second `dvc repro` does nothing, a second project from empty caches ends
+with the same dvc.lock byte for byte, a judge-only change re-runs only judging and the report, and a runtime-only
+change re-runs nothing that computes."""
 from __future__ import annotations
 
 import json
@@ -47,40 +48,58 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
     return proc.stdout
 
 
-def test_tiny_pipeline_end_to_end(tmp_path, base_dir):
-    proj = tmp_path / "proj"
-    proj.mkdir()
+def make_project(root: Path, base_dir: Path, params: dict) -> tuple[Path, dict]:
+    """A fresh project dir (sources, seed data, params, the base model) with an empty DVC cache and call cache."""
+    proj = root / "proj"
+    proj.mkdir(parents=True)
     for name in ("stages", "teachloop", "dvc.yaml"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / name)
     shutil.copytree(ROOT / "data" / "seed", proj / "data" / "seed")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in TINY.items():
-        set_dotted(params, key, value)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The 80-second GGUF -> HF conversion is tested by the session fixture; reuse its output and record it.
     shutil.copytree(base_dir, proj / "models" / "base", copy_function=os.link)
-
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "TEACHLOOP_CACHE": str(tmp_path / "llm-cache"), "HF_HUB_OFFLINE": "1"}
+           "TEACHLOOP_CACHE": str(root / "llm-cache"), "TEACHLOOP_RUNLOG": str(root / "runlog.jsonl"),
+           "HF_HUB_OFFLINE": "1"}
+    return proj, env
+
+
+def repro(proj: Path, env: dict) -> None:
     dvc = [str(Path(sys.executable).parent / "dvc")]
     run(dvc + ["init", "--no-scm", "-q"], proj, env)
     run(dvc + ["config", "core.analytics", "false"], proj, env)
     run(dvc + ["commit", "-f", "base"], proj, env)
     run(dvc + ["repro"], proj, env)
 
+
+def test_tiny_pipeline_end_to_end_twice_gives_the_same_bytes(tmp_path, base_dir):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in TINY.items():
+        set_dotted(params, key, value)
+    proj, env = make_project(tmp_path / "first", base_dir, params)
+    repro(proj, env)
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+
     for path in ("data/rubrics/categories.json", "data/rounds/2/revisions.jsonl", "models/citing/2/adapter.gguf",
                  "models/citing/2/adapter_model.safetensors", "models/tuna/adapter.gguf", "models/raft/adapter.gguf",
                  "models/rrhf/adapter.gguf", "models/tuna_c/adapter.gguf", "data/judgements/citing_r2_vs_dpo/verdicts.jsonl",
-                 "reports/report.md", "plots/criteria.png"):
+                 "reports/report.md", "plots/criteria.png", "metrics/counts/citing_revise_2.json"):
         assert (proj / path).exists() and (proj / path).stat().st_size > 0, path
     metrics = json.loads((proj / "metrics" / "winrates.json").read_text())
     assert set(metrics) >= {"citing_r2_vs_sft", "citing_r2_vs_dpo"}
     revisions = [json.loads(line) for line in (proj / "data/rounds/1/revisions.jsonl").read_text().splitlines()]
     assert len(revisions) == 3 and all({"id", "category", "rubric_id", "answer", "raw"} <= set(r) for r in revisions)
+    stages_timed = {row["stage"] for row in map(json.loads, (tmp_path / "first" / "runlog.jsonl").read_text().splitlines())}
+    assert {"rubrics", "citing_revise@2", "judge@citing_r2_vs_dpo"} <= stages_timed  # timings live outside DVC
 
     status = run(dvc + ["status"], proj, env)
     assert "up to date" in status, status
+
+    # The same params from an empty DVC cache and an empty call cache: every output hash is the same.
+    second, env2 = make_project(tmp_path / "second", base_dir, params)
+    repro(second, env2)
+    assert (second / "dvc.lock").read_text() == (proj / "dvc.lock").read_text()
 
     params["judge"]["tie_margin"] = 0.2
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -88,3 +107,11 @@ def test_tiny_pipeline_end_to_end(tmp_path, base_dir):
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     judges = {"judge@citing_r2_vs_sft", "judge@citing_r2_vs_dpo"}
     assert judges <= ran <= judges | {"report"}, dry  # no training, no teacher stage
+
+    # A runtime-only key (llama.cpp threads) changes no output: nothing but the report (which reprints params).
+    params["judge"]["tie_margin"] = 0.05
+    params["teacher"]["n_threads"] = 1
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = run(dvc + ["repro", "--dry"], proj, env)
+    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    assert ran <= {"report"}, dry
