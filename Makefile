@@ -24,9 +24,9 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create/update .venv (a no-op when up to date)
 
-run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro) and print where the report is
-	dvc repro
-	@echo "report: reports/report.md   metrics: dvc metrics show   plots: plots/"
+run: $(STAMP)  ## run the whole pipeline on the embedded default (dvc repro), then where the time went
+	@start=$$(date +%Y-%m-%dT%H:%M:%S); dvc repro && { teachloop times --since $$start || true; }
+	@echo "report: reports/report.md   metrics: dvc metrics show   plots: dvc plots show   times: teachloop times"
 
 test: $(STAMP)  ## the full test suite (unit + real-model + end-to-end smoke run)
 	$(BIN)/python -m pytest -q

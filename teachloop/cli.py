@@ -2,6 +2,7 @@
 
     teachloop round 3            # dvc repro of round 3's last stage (rounds 1-2 reused if current)
     teachloop set-rounds 5       # declare rounds 1..5 in params.yaml (comments kept)
+    teachloop times              # wall seconds per stage run (from the run log, outside DVC)
     teachloop answer -i "Explain tides." --adapter ADAPTER_DIR --revisions 2   # e.g. the last round's adapter
 """
 from __future__ import annotations
@@ -95,6 +96,25 @@ def set_rounds(r: int, params: str) -> None:
             rounds[DoubleQuotedScalarString(str(k))] = entry
     yaml.dump(doc, path)
     click.echo(f"declared CITING rounds 1..{r} in {path}; add citing_r{r} to evaluate.models and evaluate.comparisons to judge it")
+
+
+@main.command()
+@click.option("--log", "log_path", default=None, help="Run log (default: .cache/runlog.jsonl or $TEACHLOOP_RUNLOG).")
+@click.option("--since", default="", help="Only stage runs finished at or after this local time (YYYY-MM-DDTHH:MM:SS).")
+def times(log_path: str | None, since: str) -> None:
+    """Where the time went: wall seconds per stage run, from the run log (kept outside DVC outs)."""
+    from . import runlog
+
+    rows = [r for r in runlog.read(log_path) if r["finished"] >= since]
+    if not rows:
+        raise click.ClickException(f"no run log at {log_path or runlog.path()}: run some stages first")
+    total = 0.0
+    for row in rows:
+        llm = row.get("llm", {})
+        cached = f"  (LLM: {llm.get('calls', 0)} calls, {llm.get('hits', 0)} from cache)" if llm else ""
+        click.echo(f"{row['finished']}  {row['stage']:<32} {row['seconds']:>8.1f} s{cached}")
+        total += row["seconds"]
+    click.echo(f"{'total':<53} {total:>8.1f} s over {len(rows)} stage runs")
 
 
 def _read_instructions(instructions: tuple[str, ...], file: str | None) -> list[dict]:
