@@ -1,61 +1,37 @@
 """Stage `train@METHOD`: LoRA-train a ranked-data method (Tuna_p / Tuna_c / Tuna, RRHF, RAFT, DPO).
 
     python stages/train_method.py --name tuna_p --prepared data/prepared --base models/base \
-        --out models/tuna_p --log metrics/train/tuna_p.tsv
+        --out models/tuna_p --live metrics/train/tuna_p
 `methods.<name>` in params says which loss, which ranked data and which adapter to continue; the loss's own
 section (`tuna`, `rrhf`, `raft`, `dpo`) holds its hyper-parameters; `method_train` the shared training settings.
+Adding a method = a module in teachloop/methods/ with Config, build_units, make_loss (optionally before), one
+entry in METHODS, and its params section.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
+from teachloop import runlog
 from teachloop.config import build, load_section, one_of, read_params
 from teachloop.data import read_jsonl, write_json
-from teachloop.methods import trainers, units
+from teachloop.methods import dpo, raft, rrhf, tuna
 from teachloop.student.train import TrainConfig, train_adapter
+
+METHODS = {"tuna": tuna, "rrhf": rrhf, "raft": raft, "dpo": dpo}
 
 
 @dataclass
 class MethodEntry:
-    loss: str  # tuna | rrhf | raft | dpo
+    loss: str  # tuna | rrhf | raft | dpo: the module, and the params section holding its settings
     data: str  # ranked candidates (.jsonl from a ranking stage) or, for dpo, CITING revisions
     init: str  # adapter to continue from
     train: dict = field(default_factory=dict)  # overrides of method_train for this method
 
     def validate(self, where: str) -> None:
-        one_of(self.loss, ("tuna", "rrhf", "raft", "dpo"), f"{where}.loss")
-
-
-@dataclass
-class TunaSection:
-    mix_reference: int = 8  # training records added as MLE-only units (Tuna mixes in original data to regularise)
-    seed: int = 9
-    loss: trainers.TunaConfig = field(default_factory=trainers.TunaConfig)
-
-
-def units_and_loss(p: dict, entry: MethodEntry, rows: list[dict], prepared: Path, tcfg: TrainConfig):
-    """(training units, counts, make_loss, before) for the entry's loss."""
-    if entry.loss == "tuna":
-        cfg = load_section(p, "tuna", TunaSection)
-        extra = random.Random(cfg.seed).sample(read_jsonl(prepared / "train.jsonl"), cfg.mix_reference)
-        got, counts = units.tuna_units(rows, extra_records=extra)
-        return got, counts, lambda tok: trainers.tuna_loss_fn(tok, cfg.loss, tcfg.max_len), None
-    if entry.loss == "rrhf":
-        cfg = load_section(p, "rrhf", trainers.RRHFConfig)
-        got, counts = units.rrhf_units(rows, reward=cfg.reward)
-        return got, counts, lambda tok: trainers.rrhf_loss_fn(tok, cfg, tcfg.max_len), None
-    if entry.loss == "raft":
-        got, counts = units.raft_units(rows, load_section(p, "raft", units.RaftConfig))
-        return got, counts, lambda tok: trainers.sft_loss_fn(tok, tcfg.max_len), None
-    cfg = load_section(p, "dpo", trainers.DPOConfig)
-    from_revisions = bool(rows) and "revision" in rows[0]
-    got, counts = units.dpo_units_from_revisions(rows) if from_revisions else units.dpo_units(rows)
-    before = lambda model, tok, us: trainers.add_reference_logprobs(model, tok, us, tcfg.max_len)  # noqa: E731
-    return got, counts, lambda tok: trainers.dpo_loss_fn(tok, cfg, tcfg.max_len), before
+        one_of(self.loss, tuple(METHODS), f"{where}.loss")
 
 
 @click.command()
@@ -64,21 +40,28 @@ def units_and_loss(p: dict, entry: MethodEntry, rows: list[dict], prepared: Path
 @click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="data/prepared")
 @click.option("--base", "base_dir", required=True, type=click.Path(exists=True, path_type=Path), help="models/base")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Adapter output dir.")
-@click.option("--log", "log_path", required=True, type=click.Path(path_type=Path), help="Per-step loss TSV.")
-def main(params: str, name: str, prepared: Path, base_dir: Path, out: Path, log_path: Path) -> None:
+@click.option("--live", "live_dir", required=True, type=click.Path(path_type=Path),
+              help="dvclive dir for the per-step training metrics.")
+def main(params: str, name: str, prepared: Path, base_dir: Path, out: Path, live_dir: Path) -> None:
     """Build the method's units from its ranked data and train its LoRA adapter."""
     p = read_params(params)
     entry = load_section(p, f"methods.{name}", MethodEntry)
+    method = METHODS[entry.loss]
     tcfg = build(TrainConfig, {**p["method_train"], **entry.train}, f"method_train + methods.{name}.train")
-    got, counts, make_loss, before = units_and_loss(p, entry, read_jsonl(entry.data), prepared, tcfg)
-    if not got:
+    cfg = load_section(p, entry.loss, method.Config)
+    units, counts = method.build_units(read_jsonl(entry.data), cfg, read_jsonl(prepared / "train.jsonl"))
+    if not units:
         raise click.ClickException(f"{name}: no usable training units from {entry.data} ({counts}); "
                                    f"check the ranking stage's failures")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    summary = train_adapter(base_dir / "hf", got, make_loss, tcfg, out, init_adapter=entry.init, log_path=log_path,
-                            desc=name, before=before)
+    before = getattr(method, "before", None)
+    with runlog.timed(f"train@{name}"):
+        summary = train_adapter(
+            base_dir / "hf", units, lambda tok: method.make_loss(tok, cfg, tcfg.max_len), tcfg, out,
+            init_adapter=entry.init, live_dir=live_dir, desc=name,
+            before=before and (lambda model, tok, us: before(model, tok, us, tcfg.max_len)),
+            lora_key=f"method_train.lora (or methods.{name}.train.lora)")
     write_json(out / "train_summary.json", {**summary, "data": entry.data, "loss": entry.loss, **counts})
-    click.echo(f"{name}: {counts}; {summary['steps']} steps in {summary['seconds']} s")
+    click.echo(f"{name}: {counts}; {summary['steps']} steps")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .embeddings import text_of
 from .llm import LLM, ParseError, Request
 
 NAME_MAX, RUBRIC_MAX = 60, 700
+KMEANS_INITS = 10  # k-means restarts; the lowest-inertia one wins (one bad init can merge two topics)
 
 
 @dataclass
@@ -118,26 +119,21 @@ def parse_categories(text: str, n_items: int) -> list[dict]:
     return out
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
-    """Cluster labels of the rows of `x` (cosine geometry: rows are unit vectors), k-means++ init."""
-    rng = np.random.default_rng(seed)
+def kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Cluster labels of the rows of `x` (scikit-learn k-means, k-means++ init, best of KMEANS_INITS runs).
+
+    The rows are unit vectors, so squared Euclidean distance is 2 - 2 cos: k-means here groups by cosine. Labels
+    are renumbered by first appearance (the first row is in cluster 0), so category numbers do not depend on
+    the order in which the library happens to number its centres.
+    """
+    from sklearn.cluster import KMeans
+
     k = min(k, len(x))
-    centres = [x[rng.integers(len(x))]]
-    for _ in range(1, k):
-        d = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
-        centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
-    centres = np.stack(centres)
-    labels = np.zeros(len(x), dtype=int)
-    for _ in range(iters):
-        new = np.argmax(x @ centres.T, axis=1)
-        if _ and np.array_equal(new, labels):
-            break
-        labels = new
-        for j in range(k):
-            if (labels == j).any():
-                c = x[labels == j].mean(0)
-                centres[j] = c / (np.linalg.norm(c) or 1.0)
-    return labels
+    raw = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed).fit_predict(np.asarray(x, dtype=np.float64))
+    first_seen: dict[int, int] = {}
+    for label in raw.tolist():
+        first_seen.setdefault(label, len(first_seen))
+    return np.array([first_seen[label] for label in raw.tolist()], dtype=int)
 
 
 def _examples(records: list[dict], numbered: bool) -> str:

@@ -5,7 +5,7 @@ import pytest
 from teachloop.llm import LLM, BackendError, CallCache, ParseError
 from teachloop.llm.fake import FakeBackend
 from teachloop.methods import candidates as cands
-from teachloop.methods import ranking, units
+from teachloop.methods import dpo, ranking, raft, rrhf, tuna
 from teachloop.methods.candidates import CandidatesConfig
 from teachloop.methods.ranking import ContextualConfig
 
@@ -161,8 +161,8 @@ def test_contextual_failure_is_recorded_and_excluded(tmp_path):
     assert bad["ranking"] is None and not bad["ok"] and bad["raw"] == ["I like the second one best."] * 3
     assert "no JSON" in bad["error"] and llm.stats.failed == 2
     good = {**ITEM, "id": "q3", "ranking": [0, 1, 2, 3]}
-    tuna, tcounts = units.tuna_units(out + [good])
-    assert len(tuna) == 1 and tcounts["failed_rankings"] == 2
+    got, tcounts = tuna.build_units(out + [good], tuna.Config(mix_reference=0))
+    assert len(got) == 1 and tcounts["failed_rankings"] == 2
     # re-parsing stored raw text (e.g. after a parser fix) costs no call
     calls = backend.calls
     fixed = ranking.reparse_contextual([{**bad, "raw": bad["raw"] + ['{"ranking": [4, 3, 2, 1]}']}])
@@ -201,21 +201,70 @@ def test_probabilistic_ranking_explains_missing_logprobs(tmp_path):
 
 RANKED = {"id": "q1", "prompt": "P", "candidates": ["a", "b", "c", ""], "ranking": [2, 0, 1, 3],
           "scores": [-1.0, -2.0, -0.5, None]}
+Q2 = {**RANKED, "id": "q2", "scores": [-3.0, -0.1, -4.0, None]}
 
 
-def test_units_for_each_method():
-    tuna, _ = units.tuna_units([RANKED], extra_records=RECORDS[:1])
-    assert tuna[0] == {"prompt": "P", "candidates": ["c", "a", "b", ""]}
-    assert tuna[1]["candidates"] == ["Blue."]
-    rr, _ = units.rrhf_units([RANKED], reward="rank")
-    assert rr[0]["rewards"] == [2.0, 1.0, 3.0, 0.0]
-    rs, _ = units.rrhf_units([RANKED], reward="scores")
-    assert rs[0]["rewards"] == [-1.0, -2.0, -0.5, -3.0]
-    dpo, _ = units.dpo_units([RANKED, {**RANKED, "candidates": ["x", "x", "x", "x"]}])
-    assert dpo == [{"prompt": "P", "chosen": "c", "rejected": ""}]
-    raft, rc = units.raft_units([RANKED, {**RANKED, "id": "q2", "scores": [-3.0, -0.1, -4.0, None]}],
-                                units.RaftConfig(mode="local", alpha=0.2))
-    assert [u["response"] for u in raft] == ["c", "b"] and rc["samples"] == 6
-    top, _ = units.raft_units([RANKED, {**RANKED, "id": "q2", "scores": [-3.0, -0.1, -4.0, None]}],
-                              units.RaftConfig(mode="global", alpha=0.3))
+def test_tuna_units_drop_empty_candidates_and_count():
+    one_left = {**RANKED, "id": "q3", "candidates": ["", " ", "only", "\n"]}
+    none_left = {**RANKED, "id": "q4", "candidates": ["", " ", "", "\t"]}
+    got, counts = tuna.build_units([RANKED, one_left, none_left], tuna.Config(mix_reference=1, seed=0), RECORDS[:3])
+    # q1 loses its empty last-ranked candidate; q3 keeps one candidate (MLE only); q4 has none and is skipped
+    assert got[0] == {"prompt": "P", "candidates": ["c", "a", "b"]}
+    assert got[1] == {"prompt": "P", "candidates": ["only"]}
+    assert got[2]["candidates"] == ["Blue."] and len(got) == 3
+    assert counts == {"units": 3, "ranked": 3, "failed_rankings": 0, "extra_records": 1,
+                      "empty_candidates_dropped": 1 + 3 + 4, "units_mle_only": 1, "units_skipped_empty": 1}
+    assert all(c.strip() for u in got for c in u["candidates"])
+
+
+def test_rrhf_units_drop_empty_candidates_and_count():
+    rr, counts = rrhf.build_units([RANKED], rrhf.Config(reward="rank"))
+    assert rr == [{"prompt": "P", "candidates": ["a", "b", "c"], "rewards": [2.0, 1.0, 3.0]}]
+    assert counts["empty_candidates_dropped"] == 1 and counts["units_skipped_empty"] == 0
+    rs, _ = rrhf.build_units([RANKED], rrhf.Config(reward="scores"))
+    assert rs[0]["rewards"] == [-1.0, -2.0, -0.5]
+    # a non-empty candidate the teacher could not score ranks below every scored one
+    unscored = {**RANKED, "candidates": ["a", "b", "c", "d"]}
+    assert rrhf.build_units([unscored], rrhf.Config(reward="scores"))[0][0]["rewards"] == [-1.0, -2.0, -0.5, -3.0]
+    _, empty = rrhf.build_units([{**RANKED, "candidates": ["", "", " ", ""]}], rrhf.Config())
+    assert empty["units"] == 0 and empty["units_skipped_empty"] == 1 and empty["empty_candidates_dropped"] == 4
+
+
+def test_dpo_units_skip_empty_and_identical_pairs():
+    full = {**RANKED, "id": "q5", "candidates": ["a", "b", "c", "d"]}
+    same = {**RANKED, "candidates": ["x", "x", "x", "x"]}
+    pairs, counts = dpo.build_units([RANKED, same, full], dpo.Config())
+    # RANKED's worst is the empty answer: skipped, not a pair with "" as the rejected side
+    assert pairs == [{"prompt": "P", "chosen": "c", "rejected": "d"}]
+    assert counts == {"units": 1, "failed_rankings": 0, "identical_pairs": 1, "empty_pairs": 1}
+
+
+def test_dpo_units_from_revisions_skip_failed_and_empty():
+    base = {"id": "i", "instruction": "Say hi.", "input": "", "output": "hi"}
+    rows = [{**base, "ok": True, "revision": "Hello there.", "answer": "hi"},
+            {**base, "ok": False, "revision": "", "answer": "hi"},
+            {**base, "ok": True, "revision": "Hello there.", "answer": "  "},
+            {**base, "ok": True, "revision": "same", "answer": "same "}]
+    pairs, counts = dpo.build_units(rows, dpo.Config())
+    assert [(u["chosen"], u["rejected"]) for u in pairs] == [("Hello there.", "hi")]
+    assert counts == {"units": 1, "failed_revisions": 1, "empty_pairs": 1, "identical_pairs": 1}
+
+
+def test_raft_units_never_keep_empty_candidates():
+    got, rc = raft.build_units([RANKED, Q2], raft.Config(mode="local", alpha=0.2))
+    assert [u["response"] for u in got] == ["c", "b"] and rc["samples"] == 6 and rc["empty_candidates_dropped"] == 2
+    top, _ = raft.build_units([RANKED, Q2], raft.Config(mode="global", alpha=0.3))
     assert [u["response"] for u in top] == ["c", "b"]  # best two of six: -0.5 (q1) and -0.1 (q2), in sample order
+    # rank rewards put the empty answer last, but even when it is the only candidate it is never kept
+    lonely, lc = raft.build_units([{**RANKED, "candidates": ["", "", "", ""]}], raft.Config(reward="rank"))
+    assert lonely == [] and lc["empty_candidates_dropped"] == 4
+
+
+def test_sft_units_skip_empty_outputs():
+    from teachloop.methods import sft
+
+    recs = RECORDS[:3] + [{**RECORDS[3], "output": "  "}]
+    got, counts = sft.build_units(recs, sft.Config(max_examples=0))
+    assert len(got) == 3 and counts == {"units": 3, "skipped_empty": 1}
+    capped, _ = sft.build_units(RECORDS, sft.Config(max_examples=2, seed=1))
+    assert len(capped) == 2

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from teachloop.data import read_jsonl, write_json, write_jsonl
 from teachloop.llm import LLM, CallCache
 from teachloop.llm.fake import FakeBackend
+from teachloop.methods import citing
 from teachloop.methods.citing import RoundConfig, revise, sample_round, training_unit
 from teachloop.student.prompting import revise_prompt
 
@@ -31,6 +32,16 @@ def test_a_training_example_is_instruction_rubric_own_answer_to_revision():
     for part in (rec["instruction"], "some context", RUBRIC, "my draft"):
         assert part in unit["prompt"]
     assert "the teacher's revision" not in unit["prompt"]
+
+
+def test_round_units_skip_failed_and_empty_revisions():
+    cats = [{"id": 0, "rubric": RUBRIC}, {"id": 1, "rubric": "1. Short."}]
+    rows = [{**RECORDS[0], "rubric_id": 1, "answer": "draft", "revision": "Better.", "ok": True},
+            {**RECORDS[1], "rubric_id": 0, "answer": "draft", "revision": "", "ok": False},
+            {**RECORDS[2], "rubric_id": 0, "answer": "draft", "revision": "  ", "ok": True}]
+    units, counts = citing.build_units(rows, cats)
+    assert units == [training_unit(RECORDS[0], "1. Short.", "draft", "Better.")]
+    assert counts == {"units": 1, "skipped_failed_revisions": 1, "skipped_empty_revisions": 1}
 
 
 def test_revision_sees_rubric_and_answer_and_failures_are_recorded(tmp_path):

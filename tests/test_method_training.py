@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from teachloop.methods import trainers, units
-from teachloop.methods.trainers import DPOConfig, RRHFConfig, TunaConfig
+from teachloop.methods import dpo, raft, rrhf, tuna
 from teachloop.student.model import LoraConfig, load_student, load_tokenizer, save_adapter
 from teachloop.student.train import TrainConfig, train
 
@@ -61,13 +60,14 @@ def assert_one_step_effects(model, before, summary):
 
 
 def test_tuna_step_then_continue_from_saved_adapter(base_model_dir, tokenizer, tmp_path):
-    data, _ = units.tuna_units(ITEMS, extra_records=[])
+    data, _ = tuna.build_units(ITEMS, tuna.Config(mix_reference=0))
     model = student(base_model_dir)
     before = snapshot(model)
-    loss_fn = trainers.tuna_loss_fn(tokenizer, TunaConfig(margin=0.1, mle_on="all"), CFG.max_len)
-    summary = train(model, data, loss_fn, CFG, tmp_path / "log.tsv", desc="tuna_p")
+    loss_fn = tuna.make_loss(tokenizer, tuna.Config(loss=tuna.LossConfig(margin=0.1, mle_on="all")), CFG.max_len)
+    summary = train(model, data, loss_fn, CFG, live_dir=tmp_path / "live", desc="tuna_p")
     assert_one_step_effects(model, before, summary)
-    assert {"mle", "rank", "ordered"} <= set(summary["final"])
+    assert {"mle", "rank", "ordered", "tokens"} <= set(summary["final"])
+    assert (tmp_path / "live" / "plots" / "metrics" / "rank.tsv").exists()
     # Tuna = p then c: the c stage loads the p adapter trainable and keeps training it
     save_adapter(model, tmp_path / "tuna_p")
     assert (tmp_path / "tuna_p" / "adapter.gguf").exists()
@@ -76,36 +76,37 @@ def test_tuna_step_then_continue_from_saved_adapter(base_model_dir, tokenizer, t
     loaded = {n: p.detach() for n, p in again.named_parameters() if "lora_" in n}
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[n], loaded[n]) for n in saved)
     before = snapshot(again)
-    summary = train(again, data, trainers.tuna_loss_fn(tokenizer, TunaConfig(mle_on="best"), CFG.max_len), CFG)
+    best = tuna.Config(loss=tuna.LossConfig(mle_on="best"))
+    summary = train(again, data, tuna.make_loss(tokenizer, best, CFG.max_len), CFG)
     assert_one_step_effects(again, before, summary)
 
 
 def test_rrhf_step(base_model_dir, tokenizer):
-    data, _ = units.rrhf_units(ITEMS, reward="scores")
+    data, _ = rrhf.build_units(ITEMS, rrhf.Config(reward="scores"))
     model = student(base_model_dir)
     before = snapshot(model)
-    summary = train(model, data, trainers.rrhf_loss_fn(tokenizer, RRHFConfig(), CFG.max_len), CFG)
+    summary = train(model, data, rrhf.make_loss(tokenizer, rrhf.Config(), CFG.max_len), CFG)
     assert_one_step_effects(model, before, summary)
     assert summary["final"]["sft"] > 0
 
 
 def test_dpo_step_starts_at_log2(base_model_dir, tokenizer):
-    pairs, _ = units.dpo_units(ITEMS)
+    pairs, _ = dpo.build_units(ITEMS, dpo.Config())
     model = student(base_model_dir)
-    data = trainers.add_reference_logprobs(model, tokenizer, pairs, CFG.max_len)  # in place, fits `before=`
+    data = dpo.add_reference_logprobs(model, tokenizer, pairs, CFG.max_len)  # in place, as `dpo.before`
     assert data is pairs and model.training and all(u["ref_chosen"] < 0 and u["ref_rejected"] < 0 for u in data)
     before = snapshot(model)
-    summary = train(model, data, trainers.dpo_loss_fn(tokenizer, DPOConfig(beta=0.1), CFG.max_len), CFG)
+    summary = train(model, data, dpo.make_loss(tokenizer, dpo.Config(beta=0.1), CFG.max_len), CFG)
     assert_one_step_effects(model, before, summary)
     # the policy starts as the reference, so the first step's loss is log 2 (dropout is off here)
     assert summary["final"]["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_sft_step_on_raft_selection(base_model_dir, tokenizer):
-    data, counts = units.raft_units(ITEMS, units.RaftConfig(mode="local", alpha=0.2))
+    data, counts = raft.build_units(ITEMS, raft.Config(mode="local", alpha=0.2))
     assert counts["units"] == 2 and [u["response"] for u in data] == ["Red is a primary colour.", "2 + 2 = 4."]
     model = student(base_model_dir)
     before = snapshot(model)
-    summary = train(model, data, trainers.sft_loss_fn(tokenizer, CFG.max_len), CFG)
+    summary = train(model, data, raft.make_loss(tokenizer, raft.Config(), CFG.max_len), CFG)
     assert_one_step_effects(model, before, summary)
     assert summary["final"]["tokens"] > 0

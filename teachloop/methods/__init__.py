@@ -1,6 +1,7 @@
-"""Tuna, RRHF, RAFT and DPO over the student and the teacher: candidates -> teacher ranking -> units -> a loss.
+"""The training methods, one module each (as TRL keeps one trainer per method): sft, tuna, rrhf, raft, dpo, citing.
 
-candidates.py samples N answers per instruction; ranking.py has the teacher rank them (probabilistic or
-contextual); units.py turns ranked items into each method's training units; trainers.py builds the loss functions
-that `teachloop.student.train.train` runs; losses.py holds the pure objectives.
+Each module holds its params dataclass (`Config`), `build_units(rows, cfg, ...) -> (units, counts)` (counts say
+what was left out and why), its pure objective on log-prob tensors, and `make_loss(tokenizer, cfg, max_len)` for
+`teachloop.student.train.train`; dpo also has `before` (reference log-probs). common.py holds what they share;
+candidates.py samples N answers per instruction and ranking.py has the teacher rank them.
 """

@@ -1,5 +1,7 @@
 """CITING rounds: sample instructions, the student answers, the teacher revises by the rubric, the student learns
 to turn (instruction, rubric, own answer) into the revision; at inference it drafts, then revises with a rubric.
+
+Unit: {"prompt": revise prompt (instruction, rubric, own answer), "response": revision}; the loss is SFT's.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dataclasses import dataclass
 from .. import prompts
 from ..llm import LLM, ParseError, Request
 from ..student.prompting import input_block, record_prompt, revise_prompt
+from . import sft
+from .common import LossFn, is_empty
 
 
 @dataclass
@@ -79,6 +83,24 @@ def revise(teacher: LLM, rec: dict, rubric: str, answer: str, cfg: RoundConfig, 
 def training_unit(rec: dict, rubric: str, answer: str, revision: str) -> dict:
     """CITING's example: (instruction, rubric, the student's own answer) -> the teacher's revision."""
     return {"prompt": revise_prompt(rec["instruction"], rec.get("input", ""), rubric, answer), "response": revision}
+
+
+def build_units(rows: list[dict], categories: list[dict]) -> tuple[list[dict], dict]:
+    """The round's training units from its revisions; `categories[row["rubric_id"]]["rubric"]` is the rubric shown.
+
+    A failed revision is recorded with an empty text; it and any other empty revision are skipped and counted, so
+    the student is never taught to answer with nothing.
+    """
+    units = [training_unit(r, categories[r["rubric_id"]]["rubric"], r["answer"], r["revision"])
+             for r in rows if r["ok"] and not is_empty(r["revision"])]
+    failed = sum(not r["ok"] for r in rows)
+    return units, {"units": len(units), "skipped_failed_revisions": failed,
+                   "skipped_empty_revisions": len(rows) - len(units) - failed}
+
+
+def make_loss(tokenizer, cfg=None, max_len: int = 384) -> LossFn:
+    """CITING learns its revisions with plain SFT."""
+    return sft.make_loss(tokenizer, cfg, max_len)
 
 
 def answer_with_rubric(student: LLM, rec: dict, rubric: str, decode, revisions: int) -> dict:

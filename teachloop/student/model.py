@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -61,7 +63,6 @@ def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: 
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     if adapter:
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
@@ -87,3 +88,21 @@ def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf") ->
 
 def adapter_info(adapter_dir: str | Path) -> dict:
     return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+
+
+def check_lora_matches(lora: LoraConfig, adapter_dir: str | Path, where: str = "lora") -> None:
+    """Fail unless `lora` (the stage's settings, at params key `where`) equals the shape of the adapter it continues.
+
+    PEFT loads a saved adapter with its own r, alpha, dropout and target modules, so different settings in params
+    would be ignored without a word; an error makes the params say what actually trains.
+    """
+    saved = adapter_info(adapter_dir)
+    pairs = {"r": (lora.r, saved.get("r")), "alpha": (lora.alpha, saved.get("lora_alpha")),
+             "dropout": (lora.dropout, saved.get("lora_dropout")),
+             "target_modules": (sorted(lora.target_modules), sorted(saved.get("target_modules") or []))}
+    differ = {k: v for k, v in pairs.items() if v[0] != v[1]}
+    if differ:
+        detail = "; ".join(f"{k}: params {mine!r} vs adapter {theirs!r}" for k, (mine, theirs) in differ.items())
+        raise ConfigError(f"{where} differs from the adapter it continues ({adapter_dir}/adapter_config.json): {detail}. "
+                         f"A continued adapter keeps its own LoRA shape; set {where} to the adapter's values "
+                         f"(or retrain that adapter with the new ones).")

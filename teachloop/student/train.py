@@ -1,16 +1,18 @@
 """One LoRA training loop for every method: the method supplies a loss over a batch of its own units.
 
 A unit is whatever one example of a method is (an SFT pair, an instruction with N ranked candidates, a DPO pair);
-`loss_fn(model, units) -> (loss, {name: value})`. Steps are logged to a TSV that `dvc plots` can draw.
+`loss_fn(model, units) -> (loss, {name: value})`. Per-step values go to a dvclive dir (one TSV per metric under
+DIR/plots/metrics/, the last values in DIR/metrics.json) without timestamps, so two identical runs write identical
+bytes; the returned summary holds only what the inputs determine (wall time belongs in `teachloop.runlog`).
 """
 from __future__ import annotations
 
 import math
 import random
-import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -28,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 7
+    threads: int = 2  # torch CPU threads while training (2 = this machine's cores; 0 = torch's own default)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -39,66 +42,98 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, log_path: str | Path | None = None,
+@contextmanager
+def deterministic(threads: int) -> Iterator[None]:
+    """Fixed thread count and deterministic kernels for the block; the previous settings come back afterwards.
+
+    A reduction split over a different number of threads sums in a different order, so the thread count is part
+    of what makes a run repeatable, as is torch's deterministic mode (it raises on ops with no deterministic path
+    rather than silently varying).
+    """
+    threads_before, det_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det_before)
+        torch.set_num_threads(threads_before)
+
+
+def _open_live(live_dir: str | Path | None):
+    """A dvclive logger that writes only under `live_dir`: no dvc.yaml edit, no experiment, no report, no git."""
+    if live_dir is None:
+        return None
+    from dvclive import Live
+
+    return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
+
+
+def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str | Path | None = None,
           desc: str = "train") -> dict:
-    """Run `cfg.epochs` over `units`; returns a summary (steps, final loss, seconds)."""
+    """Run `cfg.epochs` over `units`; returns a summary (steps, units, the last step's values)."""
     if not units:
         raise ValueError(f"{desc}: no training units; check the method's data stage output")
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(units) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    model.train()
-    log = open(log_path, "w") if log_path else None
-    header_done = False
-    start, step, last = time.time(), 0, {}
-    with tqdm(total=total, desc=desc, unit="step") as bar:
-        for epoch in range(cfg.epochs):
-            order = list(units)
-            rng.shuffle(order)
-            for i in range(0, len(order), cfg.batch_size):
-                lr = lr_at(step, total, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss, logs = loss_fn(model, order[i : i + cfg.batch_size])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                last = {"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(), **logs}
-                if log:
-                    if not header_done:
-                        log.write("\t".join(last) + "\n")
-                        header_done = True
-                    log.write("\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in last.values()) + "\n")
-                    log.flush()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update(1)
-                step += 1
-    if log:
-        log.close()
-    model.eval()
-    return {"steps": step, "units": len(units), "final": last, "seconds": round(time.time() - start, 1)}
+    live = _open_live(live_dir)
+    with deterministic(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        rng = random.Random(cfg.seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = math.ceil(len(units) / cfg.batch_size) * cfg.epochs
+        model.train()
+        step, last = 0, {}
+        with tqdm(total=total, desc=desc, unit="step") as bar:
+            for epoch in range(cfg.epochs):
+                order = list(units)
+                rng.shuffle(order)
+                for i in range(0, len(order), cfg.batch_size):
+                    lr = lr_at(step, total, cfg)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    loss, logs = loss_fn(model, order[i : i + cfg.batch_size])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    opt.step()
+                    last = {"epoch": epoch, "lr": lr, "loss": loss.item(), **logs}
+                    if live:
+                        live.step = step
+                        for name, value in last.items():
+                            live.log_metric(name, value)  # timestamp=False: the files depend on the inputs only
+                        live.next_step()
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    bar.update(1)
+                    step += 1
+        model.eval()
+    summary = {"steps": step, "units": len(units), "final": last}
+    if live:
+        live.summary.update({"steps": step, "units": len(units)})
+        live.end()
+    return summary
 
 
 def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: TrainConfig, out_dir: str | Path,
-                  init_adapter: str | Path | None = None, log_path: str | Path | None = None,
-                  desc: str = "train", before: Callable | None = None) -> dict:
+                  init_adapter: str | Path | None = None, live_dir: str | Path | None = None,
+                  desc: str = "train", before: Callable | None = None, lora_key: str = "lora") -> dict:
     """Load the student (continuing `init_adapter`, or a fresh LoRA), train on `units`, save PEFT dir + GGUF twin.
 
     `make_loss(tokenizer) -> loss_fn`; `before(model, tokenizer, units)` runs once before training (e.g. DPO's
-    reference log-probs, computed with the starting weights).
+    reference log-probs, computed with the starting weights). A continued adapter keeps its own LoRA shape, so
+    `cfg.lora` must match it (`lora_key` names where those settings live, for the error message).
     """
-    from .model import load_student, load_tokenizer, save_adapter
+    from .model import check_lora_matches, load_student, load_tokenizer, save_adapter
 
+    if init_adapter:
+        check_lora_matches(cfg.lora, init_adapter, lora_key)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(base_dir)
     model = load_student(base_dir, adapter=init_adapter, lora=cfg.lora, trainable=True)
     if before is not None:
-        before(model, tokenizer, units)
-    summary = train(model, units, make_loss(tokenizer), cfg, log_path=log_path, desc=desc)
+        with deterministic(cfg.threads):
+            before(model, tokenizer, units)
+    summary = train(model, units, make_loss(tokenizer), cfg, live_dir=live_dir, desc=desc)
     save_adapter(model, out_dir)
     return {**summary, "init_adapter": str(init_adapter or ""), "trainable_params": sum(
         p.numel() for p in model.parameters() if p.requires_grad)}
