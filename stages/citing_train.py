@@ -1,7 +1,7 @@
 """Stage `citing_train@R`: LoRA-tune the student to turn (instruction, rubric, own answer) into the revision.
 
-    python stages/citing_train.py --round 2 --revisions data/rounds/2/revisions.jsonl --rubrics data/rubrics \
-        --base models/base --init models/citing/1 --out models/citing/2 --live metrics/train/citing_2
+    python stages/citing_train.py --round R --revisions JSONL --rubrics DIR --base HF_DIR --init PREVIOUS_ADAPTER \
+        --out ADAPTER_DIR --live DIR     (dvc.yaml's citing_train@R stages give the real paths)
 Training continues from the previous round's adapter; failed or empty revisions are skipped and counted.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ from teachloop.student.train import TrainConfig, train_adapter
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--round", "round_no", required=True, type=int, help="Round number (1-based).")
-@click.option("--revisions", required=True, type=click.Path(exists=True, path_type=Path), help="revisions.jsonl")
+@click.option("--revisions", required=True, type=click.Path(exists=True, path_type=Path), help="The round's revisions JSONL.")
 @click.option("--rubrics", "rubric_dir", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--base", "base_dir", required=True, type=click.Path(exists=True, path_type=Path), help="models/base")
+@click.option("--base", "base_dir", required=True, type=click.Path(exists=True, path_type=Path), help="The base model's HF dir (weights + tokenizer).")
 @click.option("--init", "init_adapter", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Adapter to continue from (round 1: models/sft).")
+              help="Adapter to continue from (round 1: the SFT adapter).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Adapter output dir.")
 @click.option("--live", "live_dir", required=True, type=click.Path(path_type=Path),
               help="dvclive dir for the per-step training metrics.")
@@ -37,7 +37,7 @@ def main(params: str, round_no: int, revisions: Path, rubric_dir: Path, base_dir
         raise click.ClickException(f"round {round_no}: no usable revisions in {revisions} ({counts}); "
                                    f"check the citing_revise stage's failures")
     with runlog.timed(f"citing_train@{round_no}"):
-        summary = train_adapter(base_dir / "hf", units, lambda tok: citing.make_loss(tok, None, cfg.max_len), cfg,
+        summary = train_adapter(base_dir, units, lambda tok: citing.make_loss(tok, None, cfg.max_len), cfg,
                                 out, init_adapter=init_adapter, live_dir=live_dir, desc=f"citing round {round_no}",
                                 lora_key="citing.train.lora")
     write_json(out / "train_summary.json", {**summary, **counts})

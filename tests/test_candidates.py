@@ -230,13 +230,16 @@ def test_rrhf_units_drop_empty_candidates_and_count():
     assert empty["units"] == 0 and empty["units_skipped_empty"] == 1 and empty["empty_candidates_dropped"] == 4
 
 
-def test_dpo_units_skip_empty_and_identical_pairs():
+def test_dpo_units_never_use_an_empty_answer_and_skip_identical_pairs():
     full = {**RANKED, "id": "q5", "candidates": ["a", "b", "c", "d"]}
     same = {**RANKED, "candidates": ["x", "x", "x", "x"]}
-    pairs, counts = dpo.build_units([RANKED, same, full], dpo.Config())
-    # RANKED's worst is the empty answer: skipped, not a pair with "" as the rejected side
-    assert pairs == [{"prompt": "P", "chosen": "c", "rejected": "d"}]
-    assert counts == {"units": 1, "failed_rankings": 0, "identical_pairs": 1, "empty_pairs": 1}
+    lone = {**RANKED, "candidates": ["", "", "only", " "]}
+    pairs, counts = dpo.build_units([RANKED, same, full, lone], dpo.Config())
+    # RANKED's worst is the empty answer: the rejected side is the worst non-empty one instead
+    assert pairs == [{"prompt": "P", "chosen": "c", "rejected": "b"}, {"prompt": "P", "chosen": "c", "rejected": "d"}]
+    assert all(u["chosen"].strip() and u["rejected"].strip() for u in pairs)
+    assert counts == {"units": 2, "failed_rankings": 0, "identical_pairs": 1, "too_few_nonempty": 1,
+                      "empty_candidates": 4}
 
 
 def test_dpo_units_from_revisions_skip_failed_and_empty():

@@ -44,18 +44,26 @@ def loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen:
 
 
 def units_from_ranked(items: list[dict]) -> tuple[list[dict], dict]:
-    """{prompt, chosen: best candidate, rejected: worst}; pairs with an empty side or equal texts are skipped."""
+    """{prompt, chosen: best non-empty candidate, rejected: worst non-empty one}.
+
+    An empty candidate is never a target, not even a rejected one; rankings put empty candidates last, so the
+    pair is taken among the non-empty ones (counted as `empty_candidates`). Items with fewer than two non-empty
+    candidates, or whose best and worst texts are equal, are skipped and counted.
+    """
     ok, failed = ranked_ok(items)
-    units, same, empty = [], 0, 0
+    units, same, too_few, empties = [], 0, 0, 0
     for it in ok:
-        chosen, rejected = it["candidates"][it["ranking"][0]], it["candidates"][it["ranking"][-1]]
-        if is_empty(chosen) or is_empty(rejected):
-            empty += 1
-        elif chosen.strip() == rejected.strip():
+        texts = [it["candidates"][i] for i in it["ranking"]]
+        kept = [t for t in texts if not is_empty(t)]
+        empties += len(texts) - len(kept)
+        if len(kept) < 2:
+            too_few += 1
+        elif kept[0].strip() == kept[-1].strip():
             same += 1
         else:
-            units.append({"prompt": it["prompt"], "chosen": chosen, "rejected": rejected})
-    return units, {"units": len(units), "failed_rankings": failed, "identical_pairs": same, "empty_pairs": empty}
+            units.append({"prompt": it["prompt"], "chosen": kept[0], "rejected": kept[-1]})
+    return units, {"units": len(units), "failed_rankings": failed, "identical_pairs": same,
+                   "too_few_nonempty": too_few, "empty_candidates": empties}
 
 
 def units_from_revisions(rows: list[dict]) -> tuple[list[dict], dict]:

@@ -2,7 +2,7 @@
 
 A unit is whatever one example of a method is (an SFT pair, an instruction with N ranked candidates, a DPO pair);
 `loss_fn(model, units) -> (loss, {name: value})`. Per-step values go to a dvclive dir (one TSV per metric under
-DIR/plots/metrics/, the last values in DIR/metrics.json) without timestamps, so two identical runs write identical
+DIR/plots/metrics/, the last values in its summary file) without timestamps, so two identical runs write identical
 bytes; the returned summary holds only what the inputs determine (wall time belongs in `teachloop.runlog`).
 """
 from __future__ import annotations
