@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from teachloop import roles, runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import eval_paths, read_jsonl, split_path, write_json, write_jsonl
 from teachloop.methods.citing import answer_with_rubric
 from teachloop.rubrics import rubric_lookup
@@ -77,4 +77,4 @@ def main(params: str, name: str, adapter: Path, mode: str, prepared: Path, rubri
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

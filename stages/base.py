@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from teachloop import runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import write_json
 from teachloop.llm.llamacpp import file_sha256
 
@@ -65,4 +65,4 @@ def main(params: str, gguf_out: Path, hf_out: Path, manifest: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

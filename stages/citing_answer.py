@@ -12,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from teachloop import roles, runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
 from teachloop.methods.citing import RoundConfig, sample_round
 from teachloop.rubrics import rubric_lookup
@@ -50,4 +50,4 @@ def main(params: str, round_no: int, prepared: Path, rubric_dir: Path, adapter: 
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

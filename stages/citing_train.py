@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from teachloop import runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_json, read_jsonl, write_json
 from teachloop.methods import citing
 from teachloop.student.train import TrainConfig, train_adapter
@@ -45,4 +45,4 @@ def main(params: str, round_no: int, revisions: Path, rubric_dir: Path, base_dir
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from teachloop import embeddings, runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import SPLITS, eval_paths, read_jsonl, split_path
 
 
@@ -33,4 +33,4 @@ def main(params: str, prepared: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from teachloop import judge, runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_jsonl, write_json, write_jsonl
 from teachloop.llm import make_llm
 from teachloop.metrics import ordered
@@ -76,4 +76,4 @@ def main(params: str, a_dir: Path | None, b_dir: Path | None, a_name: str | None
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from teachloop import report
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_json
 
 
@@ -74,4 +74,4 @@ def main(params: str, judgements: Path, counts_dir: Path | None, logs_dir: Path 
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from teachloop import embeddings, roles, rubrics, runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
 
 
@@ -61,4 +61,4 @@ def main(params: str, prepared: Path, emb_dir: Path, out: Path, counts_path: Pat
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

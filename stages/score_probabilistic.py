@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from teachloop import roles, runlog
-from teachloop.config import read_params
+from teachloop.config import read_params, run_stage
 from teachloop.data import read_jsonl, write_json, write_jsonl
 from teachloop.llm import BackendError
 from teachloop.methods.ranking import rank_probabilistic
@@ -37,4 +37,4 @@ def main(params: str, candidates: Path, out: Path, counts_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

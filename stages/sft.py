@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from teachloop import runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_jsonl, split_path, write_json
 from teachloop.methods import sft
 from teachloop.student.train import train_adapter
@@ -36,4 +36,4 @@ def main(params: str, prepared: Path, base_dir: Path, out: Path, live_dir: Path)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from teachloop import runlog
-from teachloop.config import build, load_section, one_of, read_params
+from teachloop.config import build, load_section, one_of, read_params, run_stage
 from teachloop.data import read_jsonl, split_path, write_json
 from teachloop.methods import dpo, raft, rrhf, tuna
 from teachloop.student.train import TrainConfig, train_adapter
@@ -65,4 +65,4 @@ def main(params: str, name: str, prepared: Path, base_dir: Path, out: Path, live
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

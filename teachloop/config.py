@@ -6,6 +6,7 @@ errors that name the key and the params file, so a typo never silently falls bac
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -102,3 +103,18 @@ def load_section(params: dict, name: str, cls: type[T]) -> T:
 def one_of(value: Any, allowed: tuple, where: str) -> None:
     if value not in allowed:
         raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+
+
+def run_stage(command) -> None:
+    """Run a stage's click command; a params or data error ends it with its message and exit code 2.
+
+    Click already turns its own usage errors into messages; this does the same for `ConfigError` (a bad params
+    key) and `DataError` (a bad dataset row or file), which are the user's to fix, so no traceback is shown.
+    """
+    from .data import DataError  # data imports this module
+
+    try:
+        command.main(standalone_mode=True)
+    except (ConfigError, DataError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(2)

