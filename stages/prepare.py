@@ -45,7 +45,9 @@ def main(params: str, out: Path) -> None:
                                 records + [r for rows in evals.values() for r in rows])
     empty = [source for source, n in per_source.items() if n == 0]
     for source in empty:
-        click.echo(f"warning: {source} yielded no usable rows (reasons in {out / 'rejected.jsonl'})", err=True)
+        n_bad = sum(r["source"] == source for r in rejected)
+        why = f"all {n_bad} rows rejected, reasons in {out / 'rejected.jsonl'}" if n_bad else "the file has no rows"
+        click.echo(f"warning: {source} yielded no usable rows ({why})", err=True)
     splits = split_records(records, cfg.split, cfg.seed)
     summary = {"rows_ok": len(records), "rows_rejected": len(rejected), "rejected_by_kind": count_kinds(rejected),
                "rows_by_source": per_source, "n_empty_sources": len(empty),

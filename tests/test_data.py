@@ -218,8 +218,8 @@ def test_stage_keeps_usable_rows_counts_the_rest_and_warns_on_empty_sources(tmp_
                                            "missing field": 1, "not an object": 1, "overlaps training": 1}
     assert summary["rows_rejected"] == sum(summary["rejected_by_kind"].values())
     assert summary["n_empty_sources"] == 2
-    for name in ("empty.jsonl", "all_bad.jsonl"):
-        assert f"warning: {CORPUS / name} yielded no usable rows" in proc.stderr
+    assert f"warning: {CORPUS / 'empty.jsonl'} yielded no usable rows (the file has no rows)" in proc.stderr
+    assert f"warning: {CORPUS / 'all_bad.jsonl'} yielded no usable rows (all 4 rows rejected" in proc.stderr
     rejected = read_jsonl(out / "rejected.jsonl")
     assert len(rejected) == summary["rows_rejected"]
     assert {"source": str(CORPUS / "eval_overlap.jsonl"), "row": 1, "kind": "overlaps training",
