@@ -1,7 +1,8 @@
 """Instruction data: load Alpaca JSON / JSONL, validate each row, dedupe, and split deterministically.
 
-A record is a dict with `id`, `instruction`, `input`, `output` (and optional `task_type`, `source`). Ids are a hash
-of the normalised instruction+input, so the same question keeps the same id across runs and files.
+A record is a dict with `id`, `instruction`, `input`, `output` (and optional `task_type`, `source`). A row's own
+`id` (string or integer) is kept as a string; otherwise the id is a hash of the normalised instruction+input, so the
+same question keeps the same id across runs and files. Reading files (encodings, wrappers) lives in datafiles.py.
 """
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 from .config import ConfigError, one_of
+from .datafiles import DataError, read_rows  # noqa: F401  (read_rows: part of this module's interface)
 
 REQUIRED = ("instruction", "output")
 OPTIONAL_TEXT = ("input", "task_type", "id")
-
-
-class DataError(ValueError):
-    """A dataset row or file is malformed; the message names the file, the row and the problem."""
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Unicode Cc, less \t \n \r
 
 
 @dataclass
@@ -48,43 +49,35 @@ def make_id(instruction: str, input_: str = "") -> str:
     return hashlib.sha1(f"{normalise(instruction)}\n{normalise(input_)}".encode()).hexdigest()[:12]
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[int, object]]:
-    """(row number, raw row) from an Alpaca JSON array or a JSONL file; row numbers are 1-based."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found (check prepare.sources / prepare.eval_sets in params.yaml)")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from e
-        yield from enumerate(rows, 1)
-        return
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            yield n, DataError(f"invalid JSON ({e.msg} at column {e.colno})")
+def _check_text(row: dict) -> None:
+    """Reject C0/C1 control characters (bar tab, newline, carriage return): they are invisible in reports and
+    some tokenizers drop or choke on them, so a row carrying one is almost always a broken export."""
+    for key in REQUIRED + OPTIONAL_TEXT:
+        value = row.get(key)
+        if isinstance(value, str) and (m := CONTROL.search(value)):
+            raise DataError(f"field '{key}' contains control character U+{ord(m.group()):04X} at character "
+                            f"{m.start() + 1} (only tab, newline and carriage return are allowed)", "control character")
 
 
 def validate_row(row: object, max_chars: int) -> dict:
-    """The row as a clean record, or DataError naming the problem."""
+    """The row as a clean record, or DataError naming the problem (its `kind` says which check failed)."""
     if isinstance(row, DataError):
         raise row
     if not isinstance(row, dict):
-        raise DataError(f"expected an object with instruction/output, got {type(row).__name__}")
+        raise DataError(f"expected an object with instruction/output, got {type(row).__name__}", "not an object")
     for key in REQUIRED:
         if key not in row:
-            raise DataError(f"missing field '{key}'")
+            raise DataError(f"missing field '{key}'", "missing field")
     for key in REQUIRED + OPTIONAL_TEXT:
-        if key in row and not isinstance(row[key], str):
-            raise DataError(f"field '{key}' must be a string, got {type(row[key]).__name__}")
+        # Integer ids are common in exported datasets; they are kept as strings so every id has one type.
+        ok = (str, int) if key == "id" else str
+        if key in row and (not isinstance(row[key], ok) or isinstance(row[key], bool)):
+            expected = "a string or an integer" if key == "id" else "a string"
+            raise DataError(f"field '{key}' must be {expected}, got {type(row[key]).__name__}", "wrong type")
     for key in REQUIRED:
         if not row[key].strip():
-            raise DataError(f"field '{key}' is empty")
+            raise DataError(f"field '{key}' is empty", "empty field")
+    _check_text(row)
     rec = {
         "instruction": row["instruction"].strip(),
         "input": row.get("input", "").strip(),
@@ -92,33 +85,66 @@ def validate_row(row: object, max_chars: int) -> dict:
     }
     size = sum(len(v) for v in rec.values())
     if size > max_chars:
-        raise DataError(f"row is {size} characters, over max_chars={max_chars}")
-    rec["id"] = row.get("id") or make_id(rec["instruction"], rec["input"])
+        raise DataError(f"row is {size} characters, over max_chars={max_chars}", "too long")
+    explicit = str(row.get("id", "")).strip()
+    rec["id"] = explicit or make_id(rec["instruction"], rec["input"])
     if row.get("task_type"):
         rec["task_type"] = row["task_type"]
     return rec
 
 
-def load_records(paths: Iterable[str], on_bad_row: str = "skip", max_chars: int = 4000) -> tuple[list, list]:
-    """(records, rejected): valid unique records in file order, and one entry per rejected row with its reason."""
-    records, rejected, seen = [], [], {}
+def load_records(paths: Iterable[str], on_bad_row: str = "skip", max_chars: int = 4000, *,
+                 index: dict[str, str] | None = None, overlap: Mapping[str, str] = MappingProxyType({})
+                 ) -> tuple[list, list]:
+    """(records, rejected): valid unique records in file order, and one entry per rejected row.
+
+    A rejected entry is {source, row, reason, kind}. Rows repeating an earlier row's instruction+input are dropped
+    (whatever the policy: the first copy is kept); so are rows whose instruction+input is a key of `overlap`
+    (pass the training rows' `index` when loading an eval set, so no eval item was trained on). `index`, if
+    given, is filled with instruction+input key -> "file row N" of every kept row.
+    """
+    records, rejected, ids = [], [], {}
+    seen = {} if index is None else index
     for path in paths:
         for n, row in read_rows(path):
             try:
                 rec = validate_row(row, max_chars)
+                key = make_id(rec["instruction"], rec["input"])
+                # Same id, different question: downstream joins by id would mix the two rows up.
+                if key not in seen and key not in overlap and rec["id"] in ids:
+                    raise DataError(f"duplicate id {rec['id']} of {ids[rec['id']]} "
+                                    f"(a different instruction/input)", "duplicate id")
             except DataError as e:
                 if on_bad_row == "fail":
-                    raise DataError(f"{path} row {n}: {e} (set prepare.on_bad_row: skip to record and go on)") from e
-                rejected.append({"source": str(path), "row": n, "reason": str(e)})
+                    raise DataError(f"{path} row {n}: {e} (set prepare.on_bad_row: skip to record and go on)",
+                                    e.kind) from e
+                rejected.append({"source": str(path), "row": n, "reason": str(e), "kind": e.kind})
                 continue
-            key = make_id(rec["instruction"], rec["input"])
             if key in seen:
-                rejected.append({"source": str(path), "row": n, "reason": f"duplicate of {seen[key]}"})
+                rejected.append({"source": str(path), "row": n, "reason": f"duplicate of {seen[key]}",
+                                 "kind": "duplicate"})
                 continue
-            seen[key] = f"{path} row {n}"
+            if key in overlap:
+                rejected.append({"source": str(path), "row": n, "kind": "overlaps training",
+                                 "reason": f"same instruction and input as training row {overlap[key]}"})
+                continue
+            seen[key] = ids[rec["id"]] = f"{path} row {n}"
             rec["source"] = str(path)
             records.append(rec)
     return records, rejected
+
+
+def rows_by_source(paths: Iterable[str], records: Iterable[dict]) -> dict[str, int]:
+    """Kept rows per source path, zero included (a source that yields nothing is a warning, not silence)."""
+    counts = dict.fromkeys(map(str, paths), 0)
+    for rec in records:
+        counts[rec["source"]] = counts.get(rec["source"], 0) + 1
+    return counts
+
+
+def count_kinds(rejected: Iterable[dict]) -> dict[str, int]:
+    """Rejected rows per kind of problem, sorted by kind (a stable summary.json)."""
+    return dict(sorted(Counter(r["kind"] for r in rejected).items()))
 
 
 def split_records(records: list[dict], fractions: list[float], seed: int) -> dict[str, list[dict]]:
