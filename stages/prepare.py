@@ -1,6 +1,6 @@
 """Stage `prepare`: validate, dedupe and split the instruction data; validate the extra eval sets.
 
-    python stages/prepare.py --out data/prepared
+    python stages/prepare.py --out DIR   (the path: dvc.yaml)
 Writes OUT/{train,val,test}.jsonl, OUT/eval/<name>.jsonl, OUT/rejected.jsonl and OUT/summary.json. Exits non-zero
 (after writing rejected.jsonl and summary.json) when no training row or no row of an eval set survives validation.
 """
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import click
 
-from teachloop.config import load_section, read_params
-from teachloop.data import (DataError, PrepareConfig, count_kinds, load_records, rows_by_source, split_records,
-                            write_json, write_jsonl)
+from teachloop import runlog
+from teachloop.config import load_section, read_params, run_stage
+from teachloop.data import (DataError, PrepareConfig, count_kinds, eval_path, load_records, rows_by_source,
+                            split_path, split_records, write_json, write_jsonl)
 
 
 def empty_sets(cfg: PrepareConfig, records: list[dict], evals: dict[str, list[dict]]) -> list[str]:
@@ -27,18 +28,19 @@ def empty_sets(cfg: PrepareConfig, records: list[dict], evals: dict[str, list[di
 
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dir (data/prepared).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dir: splits, eval sets, rejected rows, summary.")
 def main(params: str, out: Path) -> None:
     """Load prepare.sources, reject bad rows (policy prepare.on_bad_row), split 8:1:1 with prepare.seed."""
     cfg = load_section(read_params(params), "prepare", PrepareConfig)
     index: dict[str, str] = {}  # instruction+input key -> "file row N" of every training row
     try:
-        records, rejected = load_records(cfg.sources, cfg.on_bad_row, cfg.max_chars, index=index)
-        evals = {}
-        for name, path in cfg.eval_sets.items():
-            rows, bad = load_records([path], cfg.on_bad_row, cfg.max_chars, overlap=index)
-            rejected += bad
-            evals[name] = [{**r, "eval_set": name} for r in rows]
+        with runlog.timed("prepare"):
+            records, rejected = load_records(cfg.sources, cfg.on_bad_row, cfg.max_chars, index=index)
+            evals = {}
+            for name, path in cfg.eval_sets.items():
+                rows, bad = load_records([path], cfg.on_bad_row, cfg.max_chars, overlap=index)
+                rejected += bad
+                evals[name] = [{**r, "eval_set": name} for r in rows]
     except DataError as e:
         raise click.ClickException(str(e)) from e
     per_source = rows_by_source([*cfg.sources, *cfg.eval_sets.values()],
@@ -58,9 +60,9 @@ def main(params: str, out: Path) -> None:
         raise click.ClickException(f"{'; '.join(problems)}. Every rejected row and its reason is in "
                                    f"{out / 'rejected.jsonl'}; fix the data or the paths in params.yaml.")
     for name, rows in splits.items():
-        write_jsonl(out / f"{name}.jsonl", rows)
+        write_jsonl(split_path(out, name), rows)
     for name, rows in evals.items():
-        write_jsonl(out / "eval" / f"{name}.jsonl", rows)
+        write_jsonl(eval_path(out, name), rows)
     click.echo(f"prepared {summary}")
     if rejected:
         click.echo(f"{len(rejected)} rows rejected ({summary['rejected_by_kind']}); reasons in "
@@ -68,4 +70,4 @@ def main(params: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

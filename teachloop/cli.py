@@ -120,17 +120,21 @@ def times(log_path: str | None, since: str) -> None:
 def _read_instructions(instructions: tuple[str, ...], file: str | None) -> list[dict]:
     rows = [{"id": f"cli-{i}", "instruction": t, "input": ""} for i, t in enumerate(instructions)]
     if file:
-        text = Path(file).read_text(encoding="utf-8")
-        if file.endswith((".json", ".jsonl")):
-            from .data import load_records
+        from .data import DataError, load_records
 
-            recs, rejected = load_records([file])
-            if rejected:
-                click.echo(f"skipped {len(rejected)} bad rows of {file}: {rejected[:3]}", err=True)
-            rows += recs
-        else:
-            rows += [{"id": f"line-{i}", "instruction": t.strip(), "input": ""}
-                     for i, t in enumerate(text.splitlines(), 1) if t.strip()]
+        try:
+            if file.endswith((".json", ".jsonl")):
+                # load_records reads bytes itself: a BOM, a bad encoding or a wrapper get its clear messages
+                recs, rejected = load_records([file])
+                if rejected:
+                    click.echo(f"skipped {len(rejected)} bad rows of {file}: {rejected[:3]}", err=True)
+                rows += recs
+            else:
+                text = Path(file).read_bytes().decode("utf-8-sig")
+                rows += [{"id": f"line-{i}", "instruction": t.strip(), "input": ""}
+                         for i, t in enumerate(text.splitlines(), 1) if t.strip()]
+        except (DataError, UnicodeDecodeError) as e:
+            raise click.UsageError(f"{file}: {e}") from e
     if not rows:
         raise click.UsageError("give at least one --instruction or a --file")
     return rows
