@@ -1,6 +1,8 @@
 """Pairwise judging with a fake backend: un-swapping, ties, failures recorded, cache reuse, re-parsing."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from teachloop import judge
@@ -135,7 +137,5 @@ def test_probs_mode_asks_the_criteria_of_one_order_as_one_request(tmp_path):
     assert llm.stats.calls == 3 * 2 and backend.calls == 3 * 2 * 3  # one request per (pair, order), 3 prompts each
     entries = sorted((tmp_path / "cache").rglob("*.json"))
     assert len(entries) == 3 * 2
-    import json
-
     request = json.loads(entries[0].read_text())["request"]
     assert request["op"] == "option_probs_many" and len(request["request"]["prompts"]) == 3
