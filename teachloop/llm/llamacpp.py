@@ -57,6 +57,9 @@ class LlamaCppBackend:
             "lora_sha256": file_sha256(self.cfg.lora) if self.cfg.lora else "",
             "prompt_format": self.cfg.prompt_format,
             "n_ctx": self.cfg.n_ctx,
+            # Entries made before each request got a fresh state depend on what ran before them; this marker
+            # keeps them from being served as if they were answers to their request alone.
+            "state": "fresh-per-request",
         }
 
     def _open(self, logits_all: bool):
