@@ -1,6 +1,7 @@
 """Stage `candidates@SET`: N sampled answers per training instruction, near-duplicates resampled (Tuna's rule).
 
-    python stages/candidates.py --prepared data/prepared --adapter models/sft --out data/candidates/sft/candidates.jsonl
+    python stages/candidates.py --prepared data/prepared --adapter models/sft \
+        --out data/candidates/sft/candidates.jsonl --counts data/candidates/sft/candidates_calls.json
 The sampler is the student with ADAPTER (candidates.source: student) or the teacher (source: teacher).
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from teachloop import roles
+from teachloop import roles, runlog
 from teachloop.config import load_section, read_params
 from teachloop.data import read_jsonl, write_json, write_jsonl
 from teachloop.methods.candidates import CandidatesConfig, build_candidates, sample_records
@@ -21,16 +22,20 @@ from teachloop.methods.candidates import CandidatesConfig, build_candidates, sam
 @click.option("--adapter", required=True, type=click.Path(exists=True, path_type=Path),
               help="Student adapter that samples (ignored when candidates.source is teacher).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="candidates.jsonl to write.")
-def main(params: str, prepared: Path, adapter: Path, out: Path) -> None:
+@click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
+              help="JSON of request and resample counts to write (a DVC out: no cache hits, no timings).")
+def main(params: str, prepared: Path, adapter: Path, out: Path, counts_path: Path) -> None:
     """Sample candidates.n answers for candidates.sample_size training instructions."""
     p = read_params(params)
     cfg = load_section(p, "candidates", CandidatesConfig)
-    llm = roles.student_llm(p, adapter) if cfg.source == "student" else roles.teacher(p)
-    records = sample_records(read_jsonl(prepared / "train.jsonl"), cfg.sample_size, cfg.seed)
-    items, counts = build_candidates(llm, records, cfg)
-    write_jsonl(out, items)
-    write_json(out.with_name("candidates_calls.json"), {**llm.stats.as_dict(), **counts})
-    click.echo(f"candidates: {counts}")
+    with runlog.timed("candidates") as log:
+        llm = roles.student_llm(p, adapter) if cfg.source == "student" else roles.teacher(p)
+        records = sample_records(read_jsonl(prepared / "train.jsonl"), cfg.sample_size, cfg.seed)
+        items, counts = build_candidates(llm, records, cfg)
+        write_jsonl(out, items)
+        write_json(counts_path, {**llm.stats.counts(), **counts})
+        log["llm"] = llm.stats.as_dict()
+    click.echo(f"candidates: {counts}; llm {llm.stats.as_dict()}")
 
 
 if __name__ == "__main__":

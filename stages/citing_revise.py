@@ -1,7 +1,7 @@
 """Stage `citing_revise@R`: the teacher revises each student answer following the instruction's rubric.
 
     python stages/citing_revise.py --round 2 --answers data/rounds/2/answers.jsonl --rubrics data/rubrics \
-        --out data/rounds/2/revisions.jsonl
+        --out data/rounds/2/revisions.jsonl --counts data/rounds/2/revise_calls.json
 Rows keep raw teacher replies beside the parsed revision; failed revisions are recorded (ok=false), not dropped.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from teachloop import roles
+from teachloop import roles, runlog
 from teachloop.config import load_section, read_params
 from teachloop.data import read_json, read_jsonl, write_json, write_jsonl
 from teachloop.methods.citing import RoundConfig, revise
@@ -23,20 +23,25 @@ from teachloop.methods.citing import RoundConfig, revise
 @click.option("--answers", required=True, type=click.Path(exists=True, path_type=Path), help="answers.jsonl")
 @click.option("--rubrics", "rubric_dir", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="revisions.jsonl to write.")
-def main(params: str, round_no: int, answers: Path, rubric_dir: Path, out: Path) -> None:
+@click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
+              help="JSON of request and failure counts to write (a DVC out: no cache hits, no timings).")
+def main(params: str, round_no: int, answers: Path, rubric_dir: Path, out: Path, counts_path: Path) -> None:
     """Ask the teacher for a rubric-guided revision of every answer of the round."""
     p = read_params(params)
     cfg = load_section(p, "citing.round", RoundConfig)
-    teacher = roles.teacher(p)
-    stop = tuple(roles.decode(p).stop)
-    cats = read_json(rubric_dir / "categories.json")
-    rows = []
-    for row in tqdm(read_jsonl(answers), desc=f"round {round_no} revisions"):
-        rubric = cats[row["category"]]["rubric"]
-        rows.append({**row, "rubric_id": row["category"], **revise(teacher, row, rubric, row["answer"], cfg, stop)})
-    write_jsonl(out, rows)
-    failed = sum(not r["ok"] for r in rows)
-    write_json(out.with_name("revise_calls.json"), {**teacher.stats.as_dict(), "revisions_failed": failed})
+    with runlog.timed(f"citing_revise@{round_no}") as log:
+        teacher = roles.teacher(p)
+        stop = tuple(roles.decode(p).stop)
+        cats = read_json(rubric_dir / "categories.json")
+        rows = []
+        for row in tqdm(read_jsonl(answers), desc=f"round {round_no} revisions"):
+            rubric = cats[row["category"]]["rubric"]
+            rows.append({**row, "rubric_id": row["category"],
+                         **revise(teacher, row, rubric, row["answer"], cfg, stop)})
+        write_jsonl(out, rows)
+        failed = sum(not r["ok"] for r in rows)
+        write_json(counts_path, {**teacher.stats.counts(), "revisions_failed": failed})
+        log["llm"] = teacher.stats.as_dict()
     click.echo(f"round {round_no}: {len(rows) - failed} revisions, {failed} failed; teacher {teacher.stats.as_dict()}")
 
 

@@ -71,7 +71,7 @@ def build_prompt(instruction: str, input_: str, first: str, second: str, criteri
     """The judge prompt for one order and one criterion.
 
     The criterion question comes last, so the three criteria of one order share every token before it and
-    llama.cpp re-evaluates only the question. Trailing whitespace is cut because the options carry their own space.
+    llama.cpp, which gets them as one request, re-evaluates only the question. Trailing whitespace is cut because the options carry their own space.
     """
     fields = {
         "instruction": instruction.strip(),
@@ -158,13 +158,20 @@ def combine(orders: list[dict]) -> dict:
     return {"verdict": verdict, "preference": preference, "failed": failed}
 
 
-def _judge_order(llm: LLM, cfg: JudgeConfig, prompt: str, order: str) -> dict:
+def _judge_order(llm: LLM, cfg: JudgeConfig, prompts_by_criterion: dict[str, str], order: str) -> dict[str, dict]:
+    """criterion -> this order's judgement. In probs mode all criteria are one request: the backend evaluates
+    the shared prompt once, and the verdicts depend on nothing judged before (see `teachloop.llm.llamacpp`)."""
     if cfg.mode == "probs":
-        probs = llm.option_probs(prompt, list(OPTIONS.values()))
-        return _order_result(order, probs_verdict(probs, cfg.tie_margin), probs, None)
-    req = Request(prompt=prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
-    res = llm.generate(req, parse=parse_verdict, attempts=cfg.attempts)
-    return _order_result(order, res.parsed if res.ok else None, res.text, res.raw, res.error)
+        criteria = list(prompts_by_criterion)
+        many = llm.option_probs_many([prompts_by_criterion[c] for c in criteria], list(OPTIONS.values()))
+        return {c: _order_result(order, probs_verdict(probs, cfg.tie_margin), probs, None)
+                for c, probs in zip(criteria, many)}
+    out = {}
+    for criterion, prompt in prompts_by_criterion.items():
+        req = Request(prompt=prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        res = llm.generate(req, parse=parse_verdict, attempts=cfg.attempts)
+        out[criterion] = _order_result(order, res.parsed if res.ok else None, res.text, res.raw, res.error)
+    return out
 
 
 def pair_rows(a_rows: list[dict], b_rows: list[dict], max_per_set: int = 0) -> list[tuple[dict, dict]]:
@@ -188,14 +195,13 @@ def judge_answers(llm: LLM, cfg: JudgeConfig, a_rows: list[dict], b_rows: list[d
     for a, b in tqdm(pairs, desc=f"judge {a_name} vs {b_name}", unit="pair", disable=not progress):
         instruction, input_ = a["instruction"], a.get("input", "")
         shown = {"ab": (a["answer"], b["answer"]), "ba": (b["answer"], a["answer"])}
-        # Order-major loops: the three criteria of one order share the longest prompt prefix (KV cache reuse).
         by_order = {}
         for order, (first, second) in shown.items():
-            for criterion in cfg.criteria:
-                prompt = build_prompt(instruction, input_, first, second, criterion, cfg.max_answer_chars)
-                by_order[(order, criterion)] = _judge_order(llm, cfg, prompt, order)
+            by_order[order] = _judge_order(llm, cfg, {
+                c: build_prompt(instruction, input_, first, second, c, cfg.max_answer_chars) for c in cfg.criteria
+            }, order)
         for criterion in cfg.criteria:
-            orders = [by_order[("ab", criterion)], by_order[("ba", criterion)]]
+            orders = [by_order["ab"][criterion], by_order["ba"][criterion]]
             records.append({
                 "comparison": f"{a_name}_vs_{b_name}", "a_model": a_name, "b_model": b_name,
                 "id": a["id"], "eval_set": a["eval_set"], "criterion": criterion,

@@ -49,6 +49,19 @@ def test_llamacpp_logprobs_and_option_probs(llamacpp):
     assert math.isclose(sum(probs.values()), 1.0, rel_tol=1e-6) and set(probs) == {" yes", " no"}
 
 
+def test_llamacpp_grouped_requests_mean_what_single_ones_do(llamacpp):
+    prompts = [f"Question: is {x} hot? Answer yes or no:" for x in ("fire", "ice", "the sun")]
+    many = llamacpp.option_probs_many(prompts, [" yes", " no"])
+    singles = [llamacpp.option_probs(p, [" yes", " no"]) for p in prompts]
+    for got, want in zip(many, singles):  # prefix reuse inside the request changes rounding, not meaning
+        assert got == pytest.approx(want, abs=1e-3)
+    conts = [" Paris.", "", " banana."]
+    lps = llamacpp.logprobs_many("The capital of France is", conts)
+    assert lps[1] == [] and len(lps) == 3
+    for got, c in zip(lps, conts):
+        assert got == pytest.approx(llamacpp.logprobs("The capital of France is", c), abs=1e-3)
+
+
 def test_llamacpp_prompt_format_auto_follows_the_gguf_template(base_gguf):
     auto = make_backend(LLMConfig(gguf=str(base_gguf), n_ctx=512, prompt_format="auto"))
     has_template = bool(auto.gen.metadata.get("tokenizer.chat_template"))

@@ -71,16 +71,23 @@ def _stage_inputs(tmp_path):
 
 def test_revise_stage_rerun_makes_zero_teacher_calls(tmp_path, monkeypatch):
     from stages.citing_revise import main
+    from teachloop import runlog
 
     monkeypatch.setenv("TEACHLOOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TEACHLOOP_RUNLOG", str(tmp_path / "runlog.jsonl"))
     _stage_inputs(tmp_path)
     args = ["--params", str(tmp_path / "params.yaml"), "--round", "1", "--answers", str(tmp_path / "answers.jsonl"),
-            "--rubrics", str(tmp_path / "rubrics"), "--out", str(tmp_path / "out" / "revisions.jsonl")]
+            "--rubrics", str(tmp_path / "rubrics"), "--out", str(tmp_path / "out" / "revisions.jsonl"),
+            "--counts", str(tmp_path / "out" / "counts.json")]
+    counts = []
     for expected_calls, expected_hits in ((4, 0), (0, 4)):
         result = CliRunner().invoke(main, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        calls = json.loads((tmp_path / "out" / "revise_calls.json").read_text())
-        assert (calls["calls"], calls["hits"]) == (expected_calls, expected_hits)
+        counts.append((tmp_path / "out" / "counts.json").read_text())
+        llm = runlog.read()[-1]["llm"]
+        assert (llm["calls"], llm["hits"]) == (expected_calls, expected_hits)
+    # the DVC-tracked counts do not depend on what the cache answered
+    assert counts[0] == counts[1] and json.loads(counts[0])["requests"] == 4
     rows = read_jsonl(tmp_path / "out" / "revisions.jsonl")
     assert [r["id"] for r in rows] == ["id00", "id01", "id02", "id03"]
     assert all(r["rubric_id"] == 0 and r["category"] == 0 and r["ok"] and r["prompt_version"] for r in rows)

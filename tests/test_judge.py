@@ -1,6 +1,8 @@
 """Pairwise judging with a fake backend: un-swapping, ties, failures recorded, cache reuse, re-parsing."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from teachloop import judge
@@ -81,7 +83,7 @@ def test_second_run_with_the_same_cache_makes_no_backend_calls(tmp_path):
     first, _, backend1 = run(prefers_good, tmp_path)
     second, llm, backend2 = run(prefers_good, tmp_path)
     assert backend1.calls == 3 * 2 * 3 and backend2.calls == 0
-    assert llm.stats.hits == 3 * 2 * 3 and first == second
+    assert llm.stats.hits == 3 * 2 and first == second  # probs mode: one request per (pair, order)
 
 
 def test_only_instructions_answered_by_both_are_judged(tmp_path):
@@ -97,7 +99,7 @@ def test_reparse_applies_a_new_tie_margin_without_calls(tmp_path):
     # A judge that leans to the first answer only slightly: 0.4 vs 0.35.
     probs = {" A": 0.4, " B": 0.35, " C": 0.25}
     llm = LLM(FakeBackend(), cache=CallCache(tmp_path), name="judge")
-    llm.option_probs = lambda prompt, options: dict(probs)  # noqa: E731  (a judge with fixed probabilities)
+    llm.option_probs_many = lambda prompts, options: [dict(probs) for _ in prompts]  # noqa: E731  (fixed probabilities)
     cfg = judge.JudgeConfig(tie_margin=0.0, criteria=["articulate"])
     recs = judge.judge_answers(llm, cfg, answers("a", "x", 1), answers("b", "y", 1), "a", "b", progress=False)
     assert [o["position_verdict"] for o in recs[0]["orders"]] == ["A", "A"] and recs[0]["verdict"] == "tie"
@@ -128,3 +130,12 @@ def test_config_is_validated():
     for bad in ({"mode": "vote"}, {"criteria": ["witty"]}, {"tie_margin": 1.5}, {"criteria": []}):
         with pytest.raises(ConfigError):
             build(judge.JudgeConfig, bad, "judge")
+
+
+def test_probs_mode_asks_the_criteria_of_one_order_as_one_request(tmp_path):
+    recs, llm, backend = run(prefers_good, tmp_path)
+    assert llm.stats.calls == 3 * 2 and backend.calls == 3 * 2 * 3  # one request per (pair, order), 3 prompts each
+    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    assert len(entries) == 3 * 2
+    request = json.loads(entries[0].read_text())["request"]
+    assert request["op"] == "option_probs_many" and len(request["request"]["prompts"]) == 3

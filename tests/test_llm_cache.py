@@ -79,3 +79,36 @@ def test_interrupted_run_resumes_without_repeating_finished_calls(tmp_path):
     for i in range(5):
         resumed.complete(Request(f"q{i}"))
     assert resumed_backend.calls == 2 and resumed.stats.hits == 3
+
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"]}
+
+
+def test_replies_are_validated_against_the_schema_that_was_sent(tmp_path):
+    replies = iter(['{"n": 0}', 'Here: {"m": 1}', '{"n": 2}'])
+    seen = []
+    llm = LLM(FakeBackend(lambda p: next(replies)), CallCache(tmp_path))
+    res = llm.generate(Request("give json", json_schema=SCHEMA), lambda t: seen.append(t) or parse_json(t),
+                       attempts=3)
+    # the caller's parser ran only on the reply that met the schema; the others were re-asked
+    assert res.ok and res.parsed == {"n": 2} and res.attempts == 3 and seen == ['{"n": 2}']
+    assert llm.stats.retried == 1
+
+    bad = LLM(FakeBackend(lambda p: '{"n": "two"}'), CallCache(tmp_path / "b"))
+    res = bad.generate(Request("give json", json_schema=SCHEMA), attempts=2)
+    assert not res.ok and "is not of type 'integer'" in res.error and "$.n" in res.error
+    # without a parser the validated JSON itself is the parse
+    good = LLM(FakeBackend(lambda p: '{"n": 5}'), CallCache(tmp_path / "c"))
+    assert good.generate(Request("give json", json_schema=SCHEMA)).parsed == {"n": 5}
+
+
+def test_grouped_requests_are_one_cache_entry_each(tmp_path):
+    backend = FakeBackend()
+    llm = LLM(backend, CallCache(tmp_path))
+    many = llm.logprobs_many("p", ["a b", "", "c"])
+    assert many[1] == [] and many[0] == backend.logprobs("p", "a b")
+    probs = llm.option_probs_many(["x A", "y"], [" A", " B"])
+    assert len(probs) == 2 and all(abs(sum(p.values()) - 1) < 1e-9 for p in probs)
+    assert llm.stats.calls == 2 and len(list(tmp_path.rglob("*.json"))) == 2
+    again = LLM(FakeBackend(), CallCache(tmp_path))
+    assert again.logprobs_many("p", ["a b", "", "c"]) == many and again.stats.hits == 1

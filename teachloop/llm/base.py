@@ -1,7 +1,9 @@
 """The one contract every backend meets (teacher, judge and student generation all use it).
 
 A backend turns a `Request` into text, and, where the model exposes them, gives token log-probabilities of a
-continuation (`logprobs`) and a next-token distribution over a few option strings (`option_probs`).
+continuation (`logprobs`) and a next-token distribution over a few option strings (`option_probs`). The `_many`
+forms answer several of those as one request (one cache entry), which lets a backend reuse the shared prompt
+prefix inside the request; each request must depend on nothing the backend ran before it.
 """
 from __future__ import annotations
 
@@ -77,3 +79,9 @@ class Backend(Protocol):
 
     def option_probs(self, prompt: str, options: list[str]) -> dict[str, float]:
         """Next-token probability of each option's first token after `prompt`, renormalised over the options."""
+
+    def logprobs_many(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+        """`logprobs` of each continuation after the same prompt, as one request (an empty continuation gives [])."""
+
+    def option_probs_many(self, prompts: list[str], options: list[str]) -> list[dict[str, float]]:
+        """`option_probs` of each prompt, as one request."""

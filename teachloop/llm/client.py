@@ -1,13 +1,20 @@
 """`LLM`: a backend behind the call cache, with bounded re-asks for replies that fail validation.
 
+A reply to a request that carries a JSON schema is validated against that schema (`jsonschema`) before the
+caller's parser sees it, so parsers check only what a schema cannot say.
+
 Every stage creates one `LLM` per role (teacher, judge, student) and writes `llm.stats` next to its outputs, so the
 report can show calls, cache hits, retries and failures per stage.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import jsonschema
 
 from .base import Backend, LLMConfig, Request
 from .cache import CallCache, request_key
@@ -15,6 +22,43 @@ from .cache import CallCache, request_key
 
 class ParseError(ValueError):
     """A reply that does not have the required structure; the message says what is wrong with it."""
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON object or array in `text` (models wrap it in prose or code fences).
+
+    >>> extract_json('Sure: ```json\\n{"a": [1, 2]}\\n``` done')
+    {'a': [1, 2]}
+    >>> extract_json("no json here")
+    Traceback (most recent call last):
+    ...
+    teachloop.llm.client.ParseError: no JSON object or list in reply 'no json here'
+    """
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"[\[{]", text):
+        try:
+            return decoder.raw_decode(text[m.start():])[0]
+        except json.JSONDecodeError:
+            continue
+    raise ParseError(f"no JSON object or list in reply {text[:80]!r}")
+
+
+def validate_json(text: str, schema: dict) -> Any:
+    """The JSON in `text` if it meets `schema`, else a ParseError with jsonschema's message (where and what).
+
+    >>> validate_json('{"n": 3}', {"type": "object", "properties": {"n": {"type": "integer"}}})
+    {'n': 3}
+    >>> validate_json('{"n": "3"}', {"type": "object", "properties": {"n": {"type": "integer"}}})
+    Traceback (most recent call last):
+    ...
+    teachloop.llm.client.ParseError: reply does not match the schema at $.n: '3' is not of type 'integer'
+    """
+    data = extract_json(text)
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as e:
+        raise ParseError(f"reply does not match the schema at {e.json_path}: {e.message}"[:300]) from None
+    return data
 
 
 @dataclass
@@ -80,10 +124,19 @@ class LLM:
         return self._cached("complete", dataclasses.asdict(req), lambda: self.backend.complete(req))
 
     def generate(self, req: Request, parse: Callable[[str], Any] | None = None, attempts: int = 3) -> Result:
-        """Complete `req`; if `parse` rejects the reply, re-ask (new seed, some temperature) up to `attempts` times.
+        """Complete `req`; if the reply fails validation, re-ask (new seed, some temperature) up to `attempts` times.
 
-        Greedy decoding would repeat the same bad reply, so each re-ask changes the seed and samples at >= 0.7.
+        Validation: the reply's JSON against `req.json_schema` when there is one (a grammar constrains decoding
+        only on some backends, and a reply cut off by max_tokens is not valid JSON), then `parse`. Without either,
+        the first reply is the result. Greedy decoding would repeat the same bad reply, so each re-ask changes the
+        seed and samples at >= 0.7.
         """
+        schema = req.json_schema
+
+        def check(text: str) -> Any:
+            data = validate_json(text, schema) if schema is not None else None
+            return parse(text) if parse is not None else data
+
         raw: list[str] = []
         error = ""
         for attempt in range(attempts):
@@ -91,10 +144,10 @@ class LLM:
                 req = dataclasses.replace(req, seed=req.seed + attempt, temperature=max(req.temperature, 0.7))
             text = self.complete(req)
             raw.append(text)
-            if parse is None:
+            if parse is None and schema is None:
                 return Result(text=text, raw=raw)
             try:
-                parsed = parse(text)
+                parsed = check(text)
             except ParseError as e:
                 error = str(e)
                 continue
@@ -111,6 +164,17 @@ class LLM:
     def option_probs(self, prompt: str, options: list[str]) -> dict[str, float]:
         request = {"prompt": prompt, "options": list(options)}
         return self._cached("option_probs", request, lambda: self.backend.option_probs(prompt, options))
+
+    def logprobs_many(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+        """`logprobs` of several continuations of one prompt as one request and one cache entry."""
+        request = {"prompt": prompt, "continuations": list(continuations)}
+        return self._cached("logprobs_many", request, lambda: self.backend.logprobs_many(prompt, list(continuations)))
+
+    def option_probs_many(self, prompts: list[str], options: list[str]) -> list[dict[str, float]]:
+        """`option_probs` of several prompts as one request and one cache entry (e.g. a judge's criteria)."""
+        request = {"prompts": list(prompts), "options": list(options)}
+        return self._cached("option_probs_many", request,
+                            lambda: self.backend.option_probs_many(list(prompts), list(options)))
 
 
 def make_backend(cfg: LLMConfig) -> Backend:

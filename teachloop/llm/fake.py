@@ -8,7 +8,11 @@ from .base import Request
 
 
 class FakeBackend:
-    """Replies with `responder(prompt)` (default: an echo of the prompt's last line); counts every call."""
+    """Replies with `responder(prompt)` (default: an echo of the prompt's last line); counts every call.
+
+    The grouped operations answer item by item through the single ones, so `calls` counts prompts (and
+    continuations), and a subclass that scripts `logprobs` or `option_probs` scripts the grouped forms too.
+    """
 
     def __init__(self, responder: Callable[[str], str] | None = None, name: str = "fake"):
         self.responder = responder or (lambda prompt: "echo: " + prompt.strip().splitlines()[-1][:80])
@@ -36,3 +40,9 @@ class FakeBackend:
         hits = {o: float(o in text) + 1e-3 for o in options}
         total = sum(hits.values())
         return {o: p / total for o, p in hits.items()}
+
+    def logprobs_many(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+        return [self.logprobs(prompt, c) if c else [] for c in continuations]
+
+    def option_probs_many(self, prompts: list[str], options: list[str]) -> list[dict[str, float]]:
+        return [self.option_probs(p, options) for p in prompts]

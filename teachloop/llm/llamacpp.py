@@ -1,8 +1,15 @@
 """In-process llama.cpp backend (llama-cpp-python): a GGUF model, optionally with a GGUF LoRA adapter.
 
 Two contexts are opened lazily: one for generation and next-token option probabilities (logits of the last token
-only), one with `logits_all` for continuation log-probabilities (Tuna's probabilistic ranking). Both reuse the KV
-cache of the longest shared prompt prefix, which makes the judge's three criteria per pair nearly free.
+only), one with `logits_all` for continuation log-probabilities (Tuna's probabilistic ranking).
+
+Every request starts from a fresh context state, so a reply is a function of its request (the cache key) alone:
+llama-cpp-python otherwise keeps the KV cache of the previous prompt's shared prefix, and logits computed over a
+reused prefix differ slightly from a full evaluation, enough to flip greedy tokens (10 of 40 eval answers changed
+with the state of the previous prompt kept). A resumed stage, which runs its requests after a different history,
+would then not reproduce an uninterrupted run. Prefix reuse stays only inside one grouped request
+(`option_probs_many`, `logprobs_many`), where the history is part of the request: the judge's three criteria of one
+order share everything but the question, Tuna's candidates of one item share the whole prompt.
 """
 from __future__ import annotations
 
@@ -50,6 +57,9 @@ class LlamaCppBackend:
             "lora_sha256": file_sha256(self.cfg.lora) if self.cfg.lora else "",
             "prompt_format": self.cfg.prompt_format,
             "n_ctx": self.cfg.n_ctx,
+            # Entries made before each request got a fresh state depend on what ran before them; this marker
+            # keeps them from being served as if they were answers to their request alone.
+            "state": "fresh-per-request",
         }
 
     def _open(self, logits_all: bool):
@@ -103,6 +113,7 @@ class LlamaCppBackend:
             stop=list(req.stop) or None, grammar=grammar, repeat_penalty=req.repeat_penalty,
         )
         self._check_fits(len(self._tokens(self.gen, req.prompt, True)) + req.max_tokens, "prompt + max_tokens")
+        self._fresh(self.gen)
         if self.uses_chat_template():
             out = self.gen.create_chat_completion(messages=[{"role": "user", "content": req.prompt}], **kwargs)
             return out["choices"][0]["message"]["content"] or ""
@@ -115,8 +126,20 @@ class LlamaCppBackend:
         return self.cfg.prompt_format == "chat"
 
     @staticmethod
+    def _fresh(llm) -> None:
+        """Forget everything the context evaluated before: KV cache emptied, no prefix left to match.
+
+        `reset()` alone sets n_tokens to 0 (so `generate` finds no prefix to reuse); clearing the memory as well
+        puts new tokens in the same KV cells as in a new process, so even the cell layout is the same.
+        """
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+
+    @staticmethod
     def _eval_reusing_prefix(llm, tokens: list[int]) -> None:
         """Evaluate `tokens`, keeping the KV cache of the prefix they share with what was evaluated last.
+
+        Only for the prompts of one grouped request, after `_fresh`: the reused history is then part of the request.
 
         At least one token is always re-evaluated so the last position's logits are fresh.
         """
@@ -130,29 +153,46 @@ class LlamaCppBackend:
         llm.eval(tokens[keep:])
 
     def logprobs(self, prompt: str, continuation: str) -> list[float]:
+        return self.logprobs_many(prompt, [continuation])[0]
+
+    def logprobs_many(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+        """`logprobs` of each continuation after the same prompt, in one fresh state; the prompt is evaluated once."""
         llm = self.scorer
         p = self._tokens(llm, prompt, True)
-        c = self._tokens(llm, continuation, False)
-        if not c:
-            return []
-        self._check_fits(len(p) + len(c), "prompt + continuation")
-        self._eval_reusing_prefix(llm, p + c)
-        logits = np.asarray(llm.scores[len(p) - 1 : len(p) + len(c) - 1], dtype=np.float64)
-        top = logits.max(axis=1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-        return [float(logits[i, t] - lse[i]) for i, t in enumerate(c)]
+        self._fresh(llm)
+        out = []
+        for continuation in continuations:
+            c = self._tokens(llm, continuation, False)
+            if not c:
+                out.append([])
+                continue
+            self._check_fits(len(p) + len(c), "prompt + continuation")
+            self._eval_reusing_prefix(llm, p + c)
+            logits = np.asarray(llm.scores[len(p) - 1 : len(p) + len(c) - 1], dtype=np.float64)
+            top = logits.max(axis=1, keepdims=True)
+            lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+            out.append([float(logits[i, t] - lse[i]) for i, t in enumerate(c)])
+        return out
 
     def option_probs(self, prompt: str, options: list[str]) -> dict[str, float]:
+        return self.option_probs_many([prompt], options)[0]
+
+    def option_probs_many(self, prompts: list[str], options: list[str]) -> list[dict[str, float]]:
+        """`option_probs` of each prompt in turn, in one fresh state, each reusing the prefix it shares with the last."""
         llm = self.gen
         ids = [self._tokens(llm, o, False)[0] for o in options]
         if len(set(ids)) != len(ids):
             raise BackendError(f"options {options} share a first token; make their first tokens distinct")
-        tokens = self._tokens(llm, prompt, True)
-        self._check_fits(len(tokens), "prompt")
-        self._eval_reusing_prefix(llm, tokens)
-        # Only the last position's logits exist without logits_all; read them straight from the context.
-        last = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
-        chosen = last[ids]
-        p = np.exp(chosen - chosen.max())
-        p /= p.sum()
-        return {o: float(v) for o, v in zip(options, p)}
+        self._fresh(llm)
+        out = []
+        for prompt in prompts:
+            tokens = self._tokens(llm, prompt, True)
+            self._check_fits(len(tokens), "prompt")
+            self._eval_reusing_prefix(llm, tokens)
+            # Only the last position's logits exist without logits_all; read them straight from the context.
+            last = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+            chosen = last[ids]
+            p = np.exp(chosen - chosen.max())
+            p /= p.sum()
+            out.append({o: float(v) for o, v in zip(options, p)})
+        return out

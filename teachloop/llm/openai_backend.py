@@ -78,3 +78,10 @@ class OpenAIBackend:
         if total == 0:
             raise BackendError(f"none of {options} is among the server's top-20 next tokens")
         return {o: p / total for o, p in probs.items()}
+
+    # A server keeps its own state between calls, out of our hands; one HTTP call per prompt is the best we can do.
+    def logprobs_many(self, prompt: str, continuations: list[str]) -> list[list[float]]:
+        return [self.logprobs(prompt, c) if c else [] for c in continuations]
+
+    def option_probs_many(self, prompts: list[str], options: list[str]) -> list[dict[str, float]]:
+        return [self.option_probs(p, options) for p in prompts]

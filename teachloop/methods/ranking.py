@@ -3,15 +3,13 @@
 Probabilistic (Tuna_p): the teacher's length-normalised log-probability of each candidate given the task; needs a
 backend that returns continuation log-probs (llama.cpp does; many servers do not). Contextual (Tuna_c): one prompt
 shows all N candidates and the teacher answers a JSON ranking, constrained by a JSON schema where the backend can
-and always validated as a permutation; a reply that never validates is kept (raw text included) as a failure and
+and always validated against that schema and as a permutation; a reply that never validates is kept (raw text included) as a failure and
 left out of training, never dropped silently. Candidates are shown in a seeded shuffled order against position bias.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import re
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -19,6 +17,7 @@ from tqdm import tqdm
 from .. import prompts
 from ..config import ConfigError
 from ..llm import LLM, BackendError, ParseError, Request
+from ..llm.client import validate_json
 from ..student.prompting import input_block
 
 CONTEXTUAL_PROMPT = "rank_contextual"
@@ -57,20 +56,24 @@ def order_by_score(scores: list[float | None]) -> list[int]:
 
 
 def teacher_scores(llm: LLM, item: dict, length_penalty: float = 1.0) -> list[float | None]:
-    """Per candidate: sum of the teacher's token log-probs / n_tokens ** length_penalty (None for an empty one)."""
-    prompt = score_prompt(item)
-    out = []
-    for k, cand in enumerate(item["candidates"]):
-        try:
-            lps = llm.logprobs(prompt, cand) if cand else []
-        except BackendError as e:
-            raise BackendError(
-                f"probabilistic ranking needs the teacher's log-probabilities of a given text (prompt echo with "
-                f"logprobs); the {llm.identity().get('backend')!r} teacher failed on item {item.get('id')} "
-                f"candidate {k}: {e}. If the backend lacks them, use a llamacpp teacher or a server that returns "
-                f"prompt logprobs, or use contextual ranking."
-            ) from e
-        out.append(sum(lps) / len(lps) ** length_penalty if lps else None)
+    """Per candidate: sum of the teacher's token log-probs / n_tokens ** length_penalty (None for an empty one).
+
+    All non-empty candidates of the item are one request: the backend evaluates the shared prompt once, and the
+    scores depend on nothing scored before (see `teachloop.llm.llamacpp`).
+    """
+    scored = [k for k, cand in enumerate(item["candidates"]) if cand]
+    try:
+        lps = llm.logprobs_many(score_prompt(item), [item["candidates"][k] for k in scored]) if scored else []
+    except BackendError as e:
+        raise BackendError(
+            f"probabilistic ranking needs the teacher's log-probabilities of a given text (prompt echo with "
+            f"logprobs); the {llm.identity().get('backend')!r} teacher failed on item {item.get('id')}: {e}. "
+            f"If the backend lacks them, use a llamacpp teacher or a server that returns prompt logprobs, or use "
+            f"contextual ranking."
+        ) from e
+    out: list[float | None] = [None] * len(item["candidates"])
+    for k, lp in zip(scored, lps):
+        out[k] = sum(lp) / len(lp) ** length_penalty if lp else None
     return out
 
 
@@ -89,32 +92,22 @@ def rank_probabilistic(llm: LLM, items: list[dict], length_penalty: float = 1.0)
 
 
 def ranking_schema(n: int) -> dict:
-    """JSON schema of the reply: {"ranking": [n numbers from 1..n]} (uniqueness is checked by the parser)."""
+    """JSON schema of the reply: {"ranking": [n numbers from 1..n]} (uniqueness is checked by the parser).
+
+    Repeats are left to `parse_ranking` rather than `uniqueItems`, which llama.cpp's schema-to-grammar conversion
+    cannot enforce and whose message would not say which numbers are missing.
+    """
     item = {"type": "integer", "enum": list(range(1, n + 1))}
     ranking = {"type": "array", "items": item, "minItems": n, "maxItems": n}
     return {"type": "object", "properties": {"ranking": ranking}, "required": ["ranking"]}
 
 
-def _first_json(text: str):
-    """The first JSON object or array in `text` (models wrap it in prose or code fences)."""
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"[\[{]", text):
-        try:
-            return decoder.raw_decode(text[m.start():])[0]
-        except json.JSONDecodeError:
-            continue
-    raise ParseError(f"no JSON object or list in reply {text[:80]!r}")
-
-
 def parse_ranking(text: str, n: int) -> list[int]:
-    """The ranking in a reply as response numbers best..worst, validated as a permutation of 1..n.
+    """The ranking in a reply as response numbers best..worst: the reply's JSON meets `ranking_schema(n)` and
+    is a permutation of 1..n. Usable on raw text (unconstrained replies, `reparse_contextual`).
 
-    >>> parse_ranking('{"ranking": [2, 1, 3]}', 3)
-    [2, 1, 3]
-    >>> parse_ranking('Here you go: ```json\\n{"ranking": ["3", 1, 2]}\\n```', 3)
+    >>> parse_ranking('Here you go: ```json\\n{"ranking": [3, 1, 2]}\\n```', 3)
     [3, 1, 2]
-    >>> parse_ranking('[1, 2]', 2)
-    [1, 2]
     >>> parse_ranking('{"ranking": [1, 1, 2]}', 3)
     Traceback (most recent call last):
     ...
@@ -122,23 +115,13 @@ def parse_ranking(text: str, n: int) -> list[int]:
     >>> parse_ranking('{"order": [1, 2]}', 2)
     Traceback (most recent call last):
     ...
-    teachloop.llm.client.ParseError: reply JSON has no 'ranking' list: {'order': [1, 2]}
+    teachloop.llm.client.ParseError: reply does not match the schema at $: 'ranking' is a required property
     """
-    data = _first_json(text)
-    ranking = data.get("ranking") if isinstance(data, dict) else data
-    if not isinstance(ranking, list):
-        raise ParseError(f"reply JSON has no 'ranking' list: {data!r}"[:200])
-    try:
-        numbers = [int(x) for x in ranking]
-    except (TypeError, ValueError):
-        raise ParseError(f"ranking {ranking!r} holds something that is not a number") from None
-    if sorted(numbers) != list(range(1, n + 1)):
+    numbers = validate_json(text, ranking_schema(n))["ranking"]
+    if len(set(numbers)) != n:
         repeated = sorted({x for x in numbers if numbers.count(x) > 1})
         missing = sorted(set(range(1, n + 1)) - set(numbers))
-        extra = sorted(set(numbers) - set(range(1, n + 1)))
-        detail = "; ".join(f"{k}: {v}" for k, v in (("repeated", repeated), ("missing", missing),
-                                                     ("out of range", extra)) if v)
-        raise ParseError(f"ranking {numbers} is not a permutation of 1..{n} ({detail})")
+        raise ParseError(f"ranking {numbers} is not a permutation of 1..{n} (repeated: {repeated}; missing: {missing})")
     return numbers
 
 
