@@ -1,7 +1,6 @@
 """Stage `candidates@SET`: N sampled answers per training instruction, near-duplicates resampled (Tuna's rule).
 
-    python stages/candidates.py --prepared data/prepared --adapter models/sft \
-        --out data/candidates/sft/candidates.jsonl --counts data/candidates/sft/candidates_calls.json
+    python stages/candidates.py --prepared DIR --adapter ADAPTER_DIR --out JSONL --counts JSON   (paths: dvc.yaml)
 The sampler is the student with ADAPTER (candidates.source: student) or the teacher (source: teacher).
 """
 from __future__ import annotations
@@ -11,17 +10,17 @@ from pathlib import Path
 import click
 
 from teachloop import roles, runlog
-from teachloop.config import load_section, read_params
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.config import load_section, read_params, run_stage
+from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
 from teachloop.methods.candidates import CandidatesConfig, build_candidates, sample_records
 
 
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
-@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="data/prepared")
+@click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="The prepare stage's output dir.")
 @click.option("--adapter", required=True, type=click.Path(exists=True, path_type=Path),
               help="Student adapter that samples (ignored when candidates.source is teacher).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="candidates.jsonl to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Candidates JSONL to write.")
 @click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
               help="JSON of request and resample counts to write (a DVC out: no cache hits, no timings).")
 def main(params: str, prepared: Path, adapter: Path, out: Path, counts_path: Path) -> None:
@@ -30,7 +29,7 @@ def main(params: str, prepared: Path, adapter: Path, out: Path, counts_path: Pat
     cfg = load_section(p, "candidates", CandidatesConfig)
     with runlog.timed("candidates") as log:
         llm = roles.student_llm(p, adapter) if cfg.source == "student" else roles.teacher(p)
-        records = sample_records(read_jsonl(prepared / "train.jsonl"), cfg.sample_size, cfg.seed)
+        records = sample_records(read_jsonl(split_path(prepared, "train")), cfg.sample_size, cfg.seed)
         items, counts = build_candidates(llm, records, cfg)
         write_jsonl(out, items)
         write_json(counts_path, {**llm.stats.counts(), **counts})
@@ -39,4 +38,4 @@ def main(params: str, prepared: Path, adapter: Path, out: Path, counts_path: Pat
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

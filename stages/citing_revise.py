@@ -1,7 +1,6 @@
 """Stage `citing_revise@R`: the teacher revises each student answer following the instruction's rubric.
 
-    python stages/citing_revise.py --round 2 --answers data/rounds/2/answers.jsonl --rubrics data/rubrics \
-        --out data/rounds/2/revisions.jsonl --counts data/rounds/2/revise_calls.json
+    python stages/citing_revise.py --round R --answers JSONL --rubrics DIR --out JSONL --counts JSON   (paths: dvc.yaml)
 Rows keep raw teacher replies beside the parsed revision; failed revisions are recorded (ok=false), not dropped.
 """
 from __future__ import annotations
@@ -12,7 +11,7 @@ import click
 from tqdm import tqdm
 
 from teachloop import roles, runlog
-from teachloop.config import load_section, read_params
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_json, read_jsonl, write_json, write_jsonl
 from teachloop.methods.citing import RoundConfig, revise
 
@@ -20,9 +19,9 @@ from teachloop.methods.citing import RoundConfig, revise
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--round", "round_no", required=True, type=int, help="Round number (1-based).")
-@click.option("--answers", required=True, type=click.Path(exists=True, path_type=Path), help="answers.jsonl")
+@click.option("--answers", required=True, type=click.Path(exists=True, path_type=Path), help="The round's answers JSONL.")
 @click.option("--rubrics", "rubric_dir", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="revisions.jsonl to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Revisions JSONL to write.")
 @click.option("--counts", "counts_path", required=True, type=click.Path(path_type=Path),
               help="JSON of request and failure counts to write (a DVC out: no cache hits, no timings).")
 def main(params: str, round_no: int, answers: Path, rubric_dir: Path, out: Path, counts_path: Path) -> None:
@@ -46,4 +45,4 @@ def main(params: str, round_no: int, answers: Path, rubric_dir: Path, out: Path,
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
