@@ -80,6 +80,17 @@ def is_empty(text: str | None) -> bool:
     return not (text or "").strip()
 
 
+def ranked_texts(item: dict) -> tuple[list[str], int]:
+    """(the item's non-empty candidates best..worst, how many empty ones were left out).
+
+    >>> ranked_texts({"candidates": ["a", " ", "c"], "ranking": [2, 1, 0]})
+    (['c', 'a'], 1)
+    """
+    ordered = [item["candidates"][i] for i in item["ranking"]]
+    kept = [t for t in ordered if not is_empty(t)]
+    return kept, len(ordered) - len(kept)
+
+
 def rewards_from(item: dict, reward: str) -> list[float | None]:
     """Per-candidate reward: the teacher's `scores`, or from the ranking (best of N gets N-1, worst gets 0).
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..student.prompting import record_prompt
-from .common import LossFn, is_empty, num, ranked_ok, score_pairs
+from .common import LossFn, is_empty, num, ranked_ok, ranked_texts, score_pairs
 
 
 @dataclass
@@ -53,9 +53,8 @@ def units_from_ranked(items: list[dict]) -> tuple[list[dict], dict]:
     ok, failed = ranked_ok(items)
     units, same, too_few, empties = [], 0, 0, 0
     for it in ok:
-        texts = [it["candidates"][i] for i in it["ranking"]]
-        kept = [t for t in texts if not is_empty(t)]
-        empties += len(texts) - len(kept)
+        kept, n_empty = ranked_texts(it)
+        empties += n_empty
         if len(kept) < 2:
             too_few += 1
         elif kept[0].strip() == kept[-1].strip():

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, one_of
-from .common import LossFn, is_empty, length_normalised, num, ranked_ok, score_candidates, token_nll, valid_mask
+from .common import (LossFn, length_normalised, num, ranked_ok, ranked_texts, score_candidates, token_nll,
+                     valid_mask)
 from .sft import record_units
 
 
@@ -94,9 +95,8 @@ def build_units(items: list[dict], cfg: Config, train_records: list[dict] = ()) 
     ok, failed = ranked_ok(items)
     units, dropped, mle_only, skipped = [], 0, 0, 0
     for it in ok:
-        ordered = [it["candidates"][i] for i in it["ranking"]]
-        kept = [c for c in ordered if not is_empty(c)]
-        dropped += len(ordered) - len(kept)
+        kept, n_empty = ranked_texts(it)
+        dropped += n_empty
         if not kept:
             skipped += 1
             continue
