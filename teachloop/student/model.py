@@ -83,6 +83,13 @@ def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf") ->
     if out_dir.exists():
         shutil.rmtree(out_dir)
     model.save_pretrained(str(out_dir))
+    # PEFT writes target_modules from a Python set, whose order follows the per-process string hash seed: the
+    # same adapter would get a different file (and DVC hash) on every run. The order carries no meaning.
+    config_path = out_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     export_lora_gguf(out_dir, out_dir / gguf_name)
 
 
