@@ -3,8 +3,9 @@
 A reply to a request that carries a JSON schema is validated against that schema (`jsonschema`) before the
 caller's parser sees it, so parsers check only what a schema cannot say.
 
-Every stage creates one `LLM` per role (teacher, judge, student) and writes `llm.stats` next to its outputs, so the
-report can show calls, cache hits, retries and failures per stage.
+Every stage creates one `LLM` per role (teacher, judge, student), writes `llm.stats.counts()` (requests, re-asks,
+failures: functions of the inputs) to its counts file for the report, and `llm.stats` (which also says how many
+requests the cache answered) to the run log.
 """
 from __future__ import annotations
 
