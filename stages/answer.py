@@ -15,8 +15,8 @@ import click
 from tqdm import tqdm
 
 from teachloop import roles, runlog
-from teachloop.config import load_section, read_params, run_stage
-from teachloop.data import eval_paths, read_jsonl, split_path, write_json, write_jsonl
+from teachloop.config import ConfigError, load_section, read_params, run_stage
+from teachloop.data import eval_records, write_json, write_jsonl
 from teachloop.methods.citing import answer_with_rubric
 from teachloop.rubrics import rubric_lookup
 from teachloop.student.prompting import record_prompt
@@ -31,8 +31,7 @@ class AnswerConfig:
 
 def eval_sets(prepared: Path, cfg: AnswerConfig) -> dict[str, list[dict]]:
     """The held-out test split plus every extra eval set, each capped to the same seeded subset."""
-    sets = {"test": [{**r, "eval_set": "test"} for r in read_jsonl(split_path(prepared, "test"))]}
-    sets.update({name: read_jsonl(path) for name, path in eval_paths(prepared).items()})
+    sets = eval_records(prepared)
     if cfg.max_per_set:
         sets = {k: random.Random(cfg.seed).sample(sorted(v, key=lambda r: r["id"]), min(cfg.max_per_set, len(v)))
                 for k, v in sets.items()}
@@ -42,7 +41,8 @@ def eval_sets(prepared: Path, cfg: AnswerConfig) -> dict[str, list[dict]]:
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True, help="Params file.")
 @click.option("--name", required=True, help="Model name used in comparisons (e.g. sft, citing_r3, dpo).")
-@click.option("--adapter", required=True, type=click.Path(exists=True, path_type=Path), help="PEFT adapter dir.")
+@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="PEFT adapter dir; the base stage's HF dir (no adapter_config.json) = the untuned base model.")
 @click.option("--mode", type=click.Choice(["plain", "citing"]), default="plain", show_default=True,
               help="plain: one greedy answer; citing: draft + rubric-guided revisions.")
 @click.option("--prepared", required=True, type=click.Path(exists=True, path_type=Path), help="The prepare stage's output dir.")
@@ -56,7 +56,10 @@ def main(params: str, name: str, adapter: Path, mode: str, prepared: Path, rubri
     p = read_params(params)
     cfg = load_section(p, "answer", AnswerConfig)
     decode = roles.decode(p)
-    student = roles.student_llm(p, adapter)
+    if not roles.is_adapter_dir(adapter) and not (adapter / "config.json").exists():
+        raise ConfigError(f"--adapter {adapter}: neither a PEFT adapter dir (adapter_config.json) nor the base "
+                          "model's HF dir (config.json); evaluate.models names one of them per model")
+    student = roles.student_llm(p, adapter if roles.is_adapter_dir(adapter) else None)
     lookup = rubric_lookup(rubric_dir) if mode == "citing" else {}
     n_answers = n_empty = 0
     with runlog.timed(f"answer@{name}") as extra:

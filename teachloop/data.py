@@ -201,3 +201,10 @@ def eval_path(prepared: str | Path, name: str) -> Path:
 def eval_paths(prepared: str | Path) -> dict[str, Path]:
     """{eval set name: JSONL} of every extra eval set in a prepared dir, sorted by name."""
     return {p.stem: p for p in sorted((Path(prepared) / "eval").glob("*.jsonl"))}
+
+
+def eval_records(prepared: str | Path) -> dict[str, list[dict]]:
+    """{eval set: rows tagged with `eval_set`}: the held-out test split first, then every extra eval set."""
+    sets = {"test": read_jsonl(split_path(prepared, "test"))}
+    sets.update({name: read_jsonl(path) for name, path in eval_paths(prepared).items()})
+    return {name: [{**r, "eval_set": name} for r in rows] for name, rows in sets.items()}

@@ -10,20 +10,22 @@ import math
 import os
 import random
 import re
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .config import ConfigError
 from .data import read_jsonl, write_json
+from .findings import MEASURES, judge_signal
 from .metrics import CRITERIA_ORDER, average_win_rate, ordered, summarise_all
 
-NAMES = {"sft": "SFT", "tuna_p": "Tuna_p", "tuna_c": "Tuna_c", "tuna": "Tuna", "rrhf": "RRHF", "raft": "RAFT",
+NAMES = {"base": "base (untuned)", "sft": "SFT", "tuna_p": "Tuna_p", "tuna_c": "Tuna_c", "tuna": "Tuna", "rrhf": "RRHF", "raft": "RAFT",
          "dpo": "DPO", "ppo": "PPO"}
 SET_NAMES = {"test": "Held-out", "reading": "Reading", "factual": "Factual", "commonsense": "Commonsense"}
 ROUND = re.compile(r"^citing_r(\d+)_vs_sft$")
-PLOTS = ("rounds", "criteria", "loss")  # the report's figures; dvc.yaml names their files
+PLOTS = ("reference", "rounds", "criteria", "loss")  # the report's figures; dvc.yaml names their files
 
 
 @dataclass
@@ -38,10 +40,16 @@ class ReportConfig:
     judge_model: str = ""  # named in the report; "" = described from params judge.llm
     teacher_model: str = ""  # "" = described from params teacher
     student_model: str = ""  # "" = described from params student.llm
+    versus: list[str] = field(default_factory=lambda: ["base", "sft"])  # every model vs these, by reference
+    headline_opponent: str = "sft"  # the headline's win rate (reference judge, ROUGE-L) is against this model
+    rouge_margin: float = 0.02  # reference judge: a ROUGE-L difference within this is a tie
+    cosine_margin: float = 0.02  # reference judge: the same for embedding cosine to the reference
 
     def validate(self, where: str) -> None:
         if self.n_boot < 10 or not 0 < self.ci < 1 or self.n_examples < 0:
             raise ConfigError(f"{where}: need n_boot >= 10, 0 < ci < 1, n_examples >= 0")
+        if not (0 <= self.rouge_margin < 1 and 0 <= self.cosine_margin < 1):
+            raise ConfigError(f"{where}: rouge_margin and cosine_margin must be in [0, 1)")
 
 
 def model_name(model: str) -> str:
@@ -74,10 +82,10 @@ def sort_comparisons(names) -> list[str]:
     return sorted(names, key=key)
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON-safe and readable: NaN becomes null (strict JSON has no NaN), floats keep 4 decimals."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, float):
         return None if math.isnan(obj) else round(obj, 4)
     return obj
@@ -85,7 +93,7 @@ def _clean(obj):
 
 def metrics_json(summaries: dict[str, dict]) -> dict:
     """{comparison: headline keys + by_eval_set + by_criterion}; per-cell detail stays in the report."""
-    return _clean({name: {k: v for k, v in s.items() if k != "by_cell"} for name, s in summaries.items()})
+    return json_safe({name: {k: v for k, v in s.items() if k != "by_cell"} for name, s in summaries.items()})
 
 
 # ---- plots -----------------------------------------------------------------------------------------------------
@@ -134,8 +142,8 @@ def plot_rounds(summaries: dict[str, dict], path: str | Path) -> bool:
     return bool(rounds)
 
 
-def plot_criteria(summaries: dict[str, dict], path: str | Path) -> bool:
-    """Win rate per criterion (bars, CI error bars) for each comparison."""
+def plot_criteria(summaries: dict[str, dict], path: str | Path, no_signal: str = "") -> bool:
+    """Win rate per criterion (bars, CI error bars) for each comparison; `no_signal` is written over the bars."""
     names = sort_comparisons(summaries)
     crits = ordered({c for s in summaries.values() for c in s["by_criterion"]}, CRITERIA_ORDER)
     plt = _plt()
@@ -149,8 +157,32 @@ def plot_criteria(summaries: dict[str, dict], path: str | Path) -> bool:
         ax.bar(xs, ys, width, yerr=errs, capsize=3, label=c.replace("_", "-"))
     ax.set_xticks(range(len(names)), [comparison_label(n) for n in names], rotation=30, ha="right")
     ax.set(ylabel="win rate", ylim=(0, 1), title="Win rate per criterion (bootstrap CI)")
+    if no_signal and crits:  # all-zero bars look like an empty frame: say in words why there is nothing to see
+        ax.text(0.5, 0.6, "\n".join(textwrap.wrap(no_signal[0].upper() + no_signal[1:], 60)), ha="center",
+                va="center", transform=ax.transAxes, fontsize=9, bbox={"facecolor": "white", "edgecolor": "grey"})
     _finish(fig, ax, path, "" if crits else "no verdicts")
     return bool(names and crits)
+
+
+def plot_reference(found: dict, path: str | Path) -> bool:
+    """Per model, ROUGE-L and reference log-likelihood (macro mean, bootstrap CI), one panel per measure."""
+    models = [m for m in found["models"] if found["models"][m]]
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(models) + 4), 4.2))
+    for ax, key in zip(axes, MEASURES):
+        rows = [(m, found["models"][m][key]) for m in models if key in found["models"][m]]
+        xs = list(range(len(rows)))
+        ys = [s["mean"] for _, s in rows]
+        errs = [[max(s["mean"] - s["ci_low"], 0) for _, s in rows], [max(s["ci_high"] - s["mean"], 0) for _, s in rows]]
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=4, label=f"{MEASURES[key]} (95% CI)")
+        ax.set_xticks(xs, [model_name(m) for m, _ in rows], rotation=35, ha="right")
+        ax.set(title=MEASURES[key], ylabel="macro mean over eval sets")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return bool(models)
 
 
 def read_loss_log(path: str | Path) -> tuple[list[float], list[float]]:
@@ -289,6 +321,109 @@ def calls_table(calls: list[dict]) -> str:
     return _table(keys + ["other counts"], [[c.get(k, "") for k in keys] + [other(c)] for c in calls])
 
 
+def _num(s: dict | None, digits: int = 3, signed: bool = False) -> str:
+    """"mean [lo, hi]" of a `reference.summarise_values`-style summary."""
+    if not s or math.isnan(s["mean"]):
+        return "n/a"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f"{f.format(s['mean'])} [{f.format(s['ci_low'])}, {f.format(s['ci_high'])}]"
+
+
+def model_table(found: dict, key: str) -> str:
+    """One row per model: the measure on each eval set (n items beside the set's name) and the macro mean."""
+    rows = [(m, d[key]) for m, d in found["models"].items() if key in d]
+    if not rows:
+        return "_Not computed._"
+    sets = ordered({e for _, s in rows for e in s["by_eval_set"]})
+    n = {e: max(s["by_eval_set"][e]["n"] for _, s in rows if e in s["by_eval_set"]) for e in sets}
+    return _table(["Model"] + [f"{SET_NAMES.get(e, e)} (n={n[e]})" for e in sets] + ["Average"],
+                  [[model_name(m)] + [_num(s["by_eval_set"].get(e)) for e in sets] + [_num(s)] for m, s in rows])
+
+
+def diff_table(found: dict, key: str) -> str:
+    """One row per comparison: the paired per-item difference A - B on each eval set and macro; * = CI excludes 0."""
+    rows = [(c, p[f"{key}_diff"]) for c, p in found["pairs"].items() if f"{key}_diff" in p]
+    if not rows:
+        return "_Not computed._"
+    sets = ordered({e for _, s in rows for e in s["by_eval_set"]})
+
+    def cell(s):
+        if not s:
+            return "n/a"
+        star = "*" if not math.isnan(s["ci_low"] + s["ci_high"]) and (s["ci_low"] > 0 or s["ci_high"] < 0) else ""
+        return _num(s, signed=True) + star
+
+    return _table(["A - B"] + [SET_NAMES.get(e, e) for e in sets] + ["Average"],
+                  [[comparison_label(c)] + [cell(s["by_eval_set"].get(e)) for e in sets] + [cell(s)]
+                   for c, s in rows])
+
+
+def reference_judge_table(found: dict, measure: str) -> str:
+    """The reference judge in the LLM judge's layout: A's win rate per eval set and macro, then tie and loss."""
+    rows = [(c, p["reference_judge"][measure]) for c, p in found["pairs"].items()
+            if measure in p.get("reference_judge", {})]
+    if not rows:
+        return "_Not computed._"
+    sets = ordered({e for _, s in rows for e in s["by_eval_set"]})
+    return _table(["Comparison"] + [SET_NAMES.get(e, e) for e in sets] + ["Average win", "tie", "loss", "n"],
+                  [[comparison_label(c)] + [_cell(s["by_eval_set"].get(e)) for e in sets]
+                   + [_cell(s), _pct(s["tie_rate"]), _pct(s["loss_rate"]), s["n_instructions"]] for c, s in rows])
+
+
+def audit_table(found: dict) -> str:
+    """Per LLM-judged comparison: agreement with the reference judge, position bias, and the calibrated judge."""
+    rows = []
+    for c, p in found["pairs"].items():
+        a = p.get("llm_judge_audit")
+        if not a:
+            continue
+        agree = a["reference_agreement"].get("rouge_l", {})
+        cal = a["calibrated"] or {}
+        cal_agree = cal.get("reference_agreement", {}).get("rouge_l", {})
+        pull = cal.get("position_pull", {})
+        rows.append([comparison_label(c), _pct(a["judge"]["position_bias_rate"]), _pct(agree.get("agreement_rate")),
+                     _pct(a["judge"]["win_rate"]), _pct(a["judge"]["tie_rate"]),
+                     ", ".join(f"{v:+.3f}" for v in pull.values()) or "n/a",
+                     _pct(cal.get("position_bias_rate")), _pct(cal.get("win_rate")), _pct(cal.get("tie_rate")),
+                     _pct(cal_agree.get("agreement_rate")), agree.get("n", 0)])
+    if not rows:
+        return "_No LLM-judged comparison has reference-judge records._"
+    return _table(["Comparison", "position bias", "agrees w/ ROUGE-L judge", "win", "tie",
+                   "pull to 1st (per criterion)", "calibrated: position bias", "win", "tie", "agrees", "n"], rows)
+
+
+def findings_section(found: dict, cfg: "ReportConfig", plots: dict[str, str]) -> list[str]:
+    """The report's lead: what separates models (reference measures), per model, then pairwise."""
+    seps = found["separated"]
+    compared = sorted({c for c in found["pairs"]})
+    separated_cmps = {s["comparison"] for s in seps}
+    ci = f"{100 * cfg.ci:.0f}%"
+    out = ["## What separates the models", "",
+           f"Reference-grounded measures against each eval item's reference answer, with {ci} bootstrap intervals "
+           "over items (paired per item for differences). Intervals that exclude zero:", ""]
+    out += [f"- {s['text']}" for s in seps if s["scope"] == "all"] or ["- none averaged over eval sets."]
+    per_set = [s for s in seps if s["scope"] != "all"]
+    if per_set:
+        out += ["", "On single eval sets:", ""] + [f"- {s['text']}" for s in per_set]
+    quiet = [comparison_label(c) for c in compared if c not in separated_cmps]
+    if quiet:
+        out += ["", f"No interval excludes zero for: {', '.join(quiet)}."]
+    out += ["", "## Per model", "", "ROUGE-L F (stemmed, `rouge-score`, as Tuna scores Super-NaturalInstructions) of "
+            "each model's answer to the reference:", "", model_table(found, "rouge_l"), "",
+            "Mean token log-likelihood of the reference answer under each model (teacher-forced, the training "
+            "prompt format, response tokens only; higher = the reference is more likely). It covers every item of "
+            "every set (n above) and needs no generation and no judge:", "", model_table(found, "ref_loglik"), ""]
+    if "reference" in plots:
+        out += [f"![Reference measures per model]({plots['reference']})", ""]
+    out += ["## Pairwise, by reference", "", "Paired differences A - B (* = interval excludes zero). ROUGE-L:", "",
+            diff_table(found, "rouge_l"), "", "Reference log-likelihood:", "", diff_table(found, "ref_loglik"), "",
+            "Reference judge: for each item the answer closer to the reference wins (ROUGE-L; a difference within "
+            "the margin is a tie). Position-free by construction: it never sees an order.", "",
+            reference_judge_table(found, "rouge_l"), "", "The same with the packaged sentence encoder's cosine "
+            "similarity to the reference:", "", reference_judge_table(found, "cosine"), ""]
+    return out
+
+
 def models_line(judge: str, teacher: str, student: str) -> str:
     line = f"Figures produced with judge **{judge}**, teacher **{teacher}**, student **{student}**."
     if "270m" in judge.lower():
@@ -306,13 +441,22 @@ def default_examples_source(names: list[str]) -> str:
 
 def render_report(summaries, by_comparison, plots: dict[str, str], report_dir: Path, rubric_summary: str | None,
                   params: dict, calls: list[dict], models: tuple[str, str, str], cfg: ReportConfig,
-                  missing_logs: list[str]) -> str:
+                  missing_logs: list[str], found: dict | None = None) -> str:
     rel = {k: os.path.relpath(v, report_dir) for k, v in plots.items()}
     src = cfg.examples_from or default_examples_source(list(by_comparison))
     if src not in by_comparison:
         raise ConfigError(f"report.examples_from: no comparison {src!r}; have {sorted(by_comparison)}")
-    out = ["# Results", "", models_line(*models), "",
-           f"## Win rates ({100 * cfg.ci:.0f}% bootstrap CIs over instructions, {cfg.n_boot} resamples)", "",
+    no_signal = judge_signal(summaries)
+    out = ["# Results", "", models_line(*models), ""]
+    if found:
+        out += [f"Reference measures: answers generated by the student (**{models[2]}**) with each model's "
+                "adapter; log-likelihoods from the same student's HF twin with that adapter "
+                f"(`reference.dtype: {params.get('reference', {}).get('dtype', '?')}`). No LLM judges them.", ""]
+        out += findings_section(found, cfg, rel)
+    out += [f"## LLM judge: win rates ({100 * cfg.ci:.0f}% bootstrap CIs over instructions, {cfg.n_boot} resamples)",
+            "",
+            *([f"**The LLM judge carries no signal on this run**: {no_signal}. Its tables below show that the "
+               "machinery works; read the reference measures above for findings.", ""] if no_signal else []),
            "Win rate of the first model over the second, macro-averaged over the criteria "
            f"({', '.join(ordered({c for s in summaries.values() for c in s['by_criterion']}, CRITERIA_ORDER))}); "
            "each pair judged in both orders, disagreement counted as a tie.", "",
@@ -320,7 +464,13 @@ def render_report(summaries, by_comparison, plots: dict[str, str], report_dir: P
            "Position bias: share of judgements whose two orders chose the same position (the verdict followed "
            "the order, not the answers). First chosen: share of single-order verdicts that picked the answer "
            "shown first. Graded pref.: mean over both orders of P(A's answer) - P(B's answer) (probs mode), "
-           "which cancels a constant pull toward one position.", "", "## Plots", ""]
+           "which cancels a constant pull toward one position.", ""]
+    if found:
+        out += ["### Judge audit", "", "The LLM judge against the reference judge (ROUGE-L) on the same items. "
+                "Agreement counts items where the reference judge is decided; a judge tie there is a disagreement. "
+                "Calibrated: each criterion's mean pull toward the first position (estimated from both orders) is "
+                "removed from P(first) - P(second) before the tie margin applies.", "", audit_table(found), ""]
+    out += ["## Plots", ""]
     titles = {"rounds": "CITING vs SFT by round", "criteria": "Win rate per criterion", "loss": "Training loss"}
     for key, title in titles.items():
         out += [f"![{title}]({rel[key]})", ""] if key in rel else [f"_{title}: no data._", ""]
@@ -340,18 +490,24 @@ def render_report(summaries, by_comparison, plots: dict[str, str], report_dir: P
 def build_report(by_comparison: dict[str, list[dict]], cfg: ReportConfig, metrics_out: str | Path,
                  plot_paths: dict[str, str | Path], report_out: str | Path, logs: dict[str, str] | None = None,
                  rubric_summary: str | None = None, params: dict | None = None, calls: list[dict] | None = None,
-                 models: tuple[str, str, str] = ("unspecified",) * 3) -> dict[str, dict]:
-    """Write metrics JSON, plots and the markdown report; return the per-comparison summaries."""
+                 models: tuple[str, str, str] = ("unspecified",) * 3, found: dict | None = None) -> dict[str, dict]:
+    """Write metrics JSON, plots and the markdown report; return the per-comparison summaries.
+
+    `found` (`findings.compute`) adds the reference-grounded sections and the reference plot in front.
+    """
     summaries = summarise_all(by_comparison, cfg.n_boot, cfg.seed, cfg.ci)
     write_json(metrics_out, metrics_json(summaries))
     report_out = Path(report_out)
-    paths = {k: str(plot_paths[k]) for k in PLOTS}
+    paths = {k: str(plot_paths[k]) for k in PLOTS if k in plot_paths}
     missing = plot_losses(logs or {}, paths["loss"])
-    has = {"rounds": plot_rounds(summaries, paths["rounds"]), "criteria": plot_criteria(summaries, paths["criteria"]),
+    has = {"rounds": plot_rounds(summaries, paths["rounds"]),
+           "criteria": plot_criteria(summaries, paths["criteria"], judge_signal(summaries)),
            "loss": len(missing) < len(logs or {})}
+    if "reference" in paths:
+        has["reference"] = bool(found) and plot_reference(found, paths["reference"])
     plots = {k: p for k, p in paths.items() if has[k]}  # the report embeds only plots that show something
     report_out.parent.mkdir(parents=True, exist_ok=True)
     text = render_report(summaries, by_comparison, plots, report_out.parent, rubric_summary, params or {},
-                         calls or [], models, cfg, missing)
+                         calls or [], models, cfg, missing, found)
     report_out.write_text(text, encoding="utf-8")
     return summaries

@@ -31,6 +31,11 @@ def teacher(params: dict) -> LLM:
     return make_llm(load_section(params, "teacher", LLMConfig), "teacher")
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """A PEFT adapter dir, as opposed to a plain HF model dir (the base stage's twin = the untuned student)."""
+    return (Path(path) / "adapter_config.json").exists()
+
+
 def student_llm(params: dict, adapter_dir: str | Path | None) -> LLM:
     """The student as an LLM: base GGUF + the adapter's GGUF twin (no adapter = the base model)."""
     cfg = build(LLMConfig, params["student"]["llm"], "student.llm")

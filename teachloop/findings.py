@@ -1,0 +1,138 @@
+"""What the run found, from answers, reference answers, reference log-likelihoods and LLM verdicts.
+
+`compute(...)` returns one JSON-able dict that the report renders and `headline(...)` condenses for DVC:
+- `models`: per model, ROUGE-L of its answers to the references and its reference log-likelihood, each a
+  macro mean over eval sets with a bootstrap CI and per-set entries (`reference.summarise_values`);
+- `pairs`: per comparison (the configured ones, plus every model against each of `versus`), the paired per-item
+  differences of both measures, the reference judge's win/tie/loss table per measure, and, where the LLM judge
+  ran on that pair, its audit against the reference judge (`audit.audit`);
+- `separated`: one sentence per (comparison, measure, eval set or macro) whose interval excludes zero.
+Pure functions: the report stage reads the files and passes them in.
+"""
+from __future__ import annotations
+
+import math
+
+from . import audit, reference
+from .reference import Key
+
+MEASURES = {"rouge_l": "ROUGE-L", "ref_loglik": "reference log-likelihood"}
+
+
+def _pair_names(models: list[str], comparisons: dict[str, dict], versus: list[str]) -> dict[str, tuple[str, str]]:
+    """{name: (a, b)}: the configured comparisons first, then every model against each `versus` model."""
+    pairs = {name: (c["a"], c["b"]) for name, c in comparisons.items()}
+    for b in versus:
+        if b not in models:
+            continue
+        for a in models:
+            if a != b and (a, b) not in pairs.values() and (b, a) not in pairs.values():
+                pairs[f"{a}_vs_{b}"] = (a, b)
+    return pairs
+
+
+def _interval(s: dict) -> tuple[float, float]:
+    return s["ci_low"], s["ci_high"]
+
+
+def _excludes_zero(s: dict) -> bool:
+    lo, hi = _interval(s)
+    return not math.isnan(lo + hi) and (lo > 0 or hi < 0)
+
+
+def separation_sentences(pairs: dict[str, dict], names) -> list[dict]:
+    """One entry per (comparison, measure, scope) whose paired-difference interval excludes zero.
+
+    Scope is "all" (macro over eval sets) or one eval set. `names(model)` gives a display name.
+    """
+    out = []
+    for cmp, p in pairs.items():
+        for key, label in MEASURES.items():
+            summ = p.get(f"{key}_diff")
+            if not summ:
+                continue
+            scopes = [("all", summ)] + list(summ["by_eval_set"].items())
+            for scope, s in scopes:
+                if not _excludes_zero(s):
+                    continue
+                better, worse = (p["a"], p["b"]) if s["mean"] > 0 else (p["b"], p["a"])
+                where = "averaged over eval sets" if scope == "all" else f"on {scope}"
+                out.append({"comparison": cmp, "measure": key, "scope": scope, "mean": s["mean"],
+                            "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"],
+                            "text": f"{names(better)} beats {names(worse)} on {label} {where}: "
+                                    f"{names(p['a'])} - {names(p['b'])} = {s['mean']:+.3f} "
+                                    f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}], n={s['n']}"})
+    return out
+
+
+def compute(answers: dict[str, list[dict]], references: dict[Key, str], loglik: dict[str, dict[Key, float]],
+            judgements: dict[str, list[dict]], comparisons: dict[str, dict], versus: list[str], encoder=None,
+            n_boot: int = 1000, seed: int = 0, ci: float = 0.95, rouge_margin: float = 0.02,
+            cosine_margin: float = 0.02, max_per_set: int = 0, names=str) -> dict:
+    """All reference-grounded findings; see the module docstring. `answers[model]` holds every eval set's rows."""
+    models = list(dict.fromkeys(list(answers) + list(loglik)))
+    rouge = {m: reference.item_rouge(rows, references) for m, rows in answers.items()}
+    boot = dict(n_boot=n_boot, seed=seed, ci=ci)
+    per_model = {}
+    for m in models:
+        per_model[m] = {}
+        if m in rouge:
+            per_model[m]["rouge_l"] = reference.summarise_values(reference.by_set(rouge[m]), **boot)
+        if m in loglik:
+            per_model[m]["ref_loglik"] = reference.summarise_values(reference.by_set(loglik[m]), **boot)
+    pairs = {}
+    for name, (a, b) in _pair_names(models, comparisons, versus).items():
+        p: dict = {"a": a, "b": b}
+        for key, items in (("rouge_l", rouge), ("ref_loglik", loglik)):
+            if a in items and b in items:
+                p[f"{key}_diff"] = reference.summarise_values(reference.paired_by_set(items[a], items[b]), **boot)
+        if a in answers and b in answers:
+            records = reference.reference_judge(answers[a], answers[b], references, a, b, encoder,
+                                                rouge_margin, cosine_margin, max_per_set)
+            p["reference_judge"] = _strip(reference.summarise_reference(records, **boot))
+            if name in judgements:
+                p["llm_judge_audit"] = audit.audit(judgements[name], records)
+        pairs[name] = p
+    return {"models": per_model, "pairs": pairs, "separated": separation_sentences(pairs, names),
+            "n_per_set": {m: {s: v["n"] for s, v in d["ref_loglik"]["by_eval_set"].items()}
+                          for m, d in per_model.items() if "ref_loglik" in d}}
+
+
+def _strip(tables: dict) -> dict:
+    """Reference-judge tables without the per-cell detail (one criterion per measure: a cell is a set)."""
+    return {m: {k: v for k, v in s.items() if k not in ("by_cell", "by_criterion")} for m, s in tables.items()}
+
+
+def _triple(s: dict | None, key: str = "mean") -> dict:
+    nan = float("nan")
+    if not s:
+        return {"mean": nan, "lo": nan, "hi": nan}
+    return {"mean": s[key], "lo": s["ci_low"], "hi": s["ci_high"]}
+
+
+def headline(found: dict, opponent: str = "sft") -> dict:
+    """Per model, <= 9 numbers for `dvc exp show`: ROUGE-L, reference log-likelihood, and the reference judge's
+    ROUGE-L win rate against `opponent`, each {mean, lo, hi} (macro over eval sets)."""
+    out = {}
+    for m, d in found["models"].items():
+        row = {"rouge_l": _triple(d.get("rouge_l")), "ref_loglik": _triple(d.get("ref_loglik"))}
+        if m != opponent:
+            judged = found["pairs"].get(f"{m}_vs_{opponent}", {}).get("reference_judge", {}).get("rouge_l")
+            row[f"win_vs_{opponent}"] = _triple(judged, "win_rate")
+        out[m] = row
+    return out
+
+
+def judge_signal(summaries: dict[str, dict]) -> str:
+    """"" when the LLM judge's verdicts carry some signal, else a sentence saying why they carry none."""
+    if not summaries:
+        return "no LLM judge verdicts"
+    bias = [s["position_bias_rate"] for s in summaries.values() if not math.isnan(s["position_bias_rate"])]
+    wins = [s["win_rate"] + s["loss_rate"] for s in summaries.values() if not math.isnan(s["win_rate"])]
+    if bias and min(bias) >= 0.95:
+        return (f"the LLM judge chose by position in {100 * min(bias):.0f}-{100 * max(bias):.0f}% of judgements "
+                "(both orders picked the same slot), so every verdict is a tie: no signal")
+    if wins and max(wins) == 0:
+        return "every LLM verdict is a tie: no signal"
+    return ""
+
