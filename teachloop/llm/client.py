@@ -164,7 +164,7 @@ def counts_file(path: str | Path, llm: "LLM") -> Iterator[dict]:
         yield extra
     finally:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**llm.stats.counts(prior), **extra}, indent=2, sort_keys=True) + "\n",
+        path.write_text(json.dumps({**llm.stats.counts(prior), **extra}, ensure_ascii=False, indent=2, sort_keys=True) + "\n",
                         encoding="utf-8")
 
 
