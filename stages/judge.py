@@ -14,7 +14,7 @@ import click
 
 from teachloop import judge, runlog
 from teachloop.config import load_section, read_params, run_stage
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.data import read_jsonl, write_jsonl
 from teachloop.llm import make_llm
 from teachloop.llm.client import counts_file
 from teachloop.metrics import ordered
