@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from tqdm import tqdm
-
 from teachloop import roles, runlog
 from teachloop.config import ConfigError, load_section, read_params, run_stage
-from teachloop.data import eval_records, write_json, write_jsonl
+from teachloop.data import eval_records, write_jsonl
+from teachloop.llm.client import counts_file
 from teachloop.methods.citing import answer_with_rubric
 from teachloop.rubrics import rubric_lookup
 from teachloop.student.prompting import record_prompt
@@ -62,20 +61,21 @@ def main(params: str, name: str, adapter: Path, mode: str, prepared: Path, rubri
     student = roles.student_llm(p, adapter if roles.is_adapter_dir(adapter) else None)
     lookup = rubric_lookup(rubric_dir) if mode == "citing" else {}
     n_answers = n_empty = 0
-    with runlog.timed(f"answer@{name}") as extra:
+    with runlog.timed(f"answer@{name}") as extra, counts_file(counts_path, student) as counts:
         for set_name, rows in eval_sets(prepared, cfg).items():
-            answered = []
-            for rec in tqdm(rows, desc=f"{name} {set_name}"):
+            def one(rec: dict, set_name: str = set_name) -> dict:
                 if mode == "citing":
                     got = answer_with_rubric(student, rec, lookup[rec["id"]]["rubric"], decode, cfg.citing_revisions)
                 else:
                     got = {"answer": student.complete(decode.request(record_prompt(rec))).strip()}
-                answered.append({"id": rec["id"], "eval_set": set_name, "instruction": rec["instruction"],
-                                 "input": rec.get("input", ""), "model": name, **got})
+                return {"id": rec["id"], "eval_set": set_name, "instruction": rec["instruction"],
+                        "input": rec.get("input", ""), "model": name, **got}
+
+            answered = student.map(one, rows, desc=f"{name} {set_name}")
             write_jsonl(out / f"{set_name}.jsonl", answered)
             n_answers, n_empty = n_answers + len(answered), n_empty + sum(not r["answer"] for r in answered)
         extra["llm"] = student.stats.as_dict()
-    write_json(counts_path, {**student.stats.counts(), "answers": n_answers, "empty": n_empty})
+        counts.update(answers=n_answers, empty=n_empty)
     click.echo(f"{name}: answered; student {student.stats.as_dict()}")
 
 

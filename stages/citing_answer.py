@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
-
 from teachloop import roles, runlog
 from teachloop.config import load_section, read_params, run_stage
-from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
+from teachloop.data import read_jsonl, split_path, write_jsonl
+from teachloop.llm.client import counts_file
 from teachloop.methods.citing import RoundConfig, sample_round
 from teachloop.rubrics import rubric_lookup
 from teachloop.student.prompting import record_prompt
@@ -37,15 +36,16 @@ def main(params: str, round_no: int, prepared: Path, rubric_dir: Path, adapter: 
     decode = roles.decode(p)
     student = roles.student_llm(p, adapter)
     lookup = rubric_lookup(rubric_dir)
-    rows = []
-    with runlog.timed(f"citing_answer@{round_no}") as extra:
-        for rec in tqdm(sample_round(read_jsonl(split_path(prepared, "train")), cfg, round_no),
-                        desc=f"round {round_no} answers"):
+    with runlog.timed(f"citing_answer@{round_no}") as extra, counts_file(counts_path, student) as counts:
+        def one(rec: dict) -> dict:
             answer = student.complete(decode.request(record_prompt(rec))).strip()
-            rows.append({**rec, "round": round_no, "category": lookup[rec["id"]]["category"], "answer": answer})
+            return {**rec, "round": round_no, "category": lookup[rec["id"]]["category"], "answer": answer}
+
+        rows = student.map(one, sample_round(read_jsonl(split_path(prepared, "train")), cfg, round_no),
+                           desc=f"round {round_no} answers")
         extra["llm"] = student.stats.as_dict()
+        counts.update(answers=len(rows), empty=sum(not r["answer"] for r in rows))
     write_jsonl(out, rows)
-    write_json(counts_path, {**student.stats.counts(), "answers": len(rows), "empty": sum(not r["answer"] for r in rows)})
     click.echo(f"round {round_no}: {len(rows)} answers; student {student.stats.as_dict()}")
 
 

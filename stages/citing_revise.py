@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from teachloop import roles, runlog
 from teachloop.config import load_section, read_params, run_stage
-from teachloop.data import read_json, read_jsonl, write_json, write_jsonl
+from teachloop.data import read_json, read_jsonl, write_jsonl
+from teachloop.llm.client import counts_file
 from teachloop.methods.citing import RoundConfig, revise
 
 
@@ -28,18 +28,18 @@ def main(params: str, round_no: int, answers: Path, rubric_dir: Path, out: Path,
     """Ask the teacher for a rubric-guided revision of every answer of the round."""
     p = read_params(params)
     cfg = load_section(p, "citing.round", RoundConfig)
-    with runlog.timed(f"citing_revise@{round_no}") as log:
-        teacher = roles.teacher(p)
-        stop = tuple(roles.decode(p).stop)
+    teacher = roles.teacher(p)
+    with runlog.timed(f"citing_revise@{round_no}") as log, counts_file(counts_path, teacher) as counts:
         cats = read_json(rubric_dir / "categories.json")
-        rows = []
-        for row in tqdm(read_jsonl(answers), desc=f"round {round_no} revisions"):
+
+        def one(row: dict) -> dict:
             rubric = cats[row["category"]]["rubric"]
-            rows.append({**row, "rubric_id": row["category"],
-                         **revise(teacher, row, rubric, row["answer"], cfg, stop)})
+            return {**row, "rubric_id": row["category"], **revise(teacher, row, rubric, row["answer"], cfg)}
+
+        rows = teacher.map(one, read_jsonl(answers), desc=f"round {round_no} revisions")
         write_jsonl(out, rows)
         failed = sum(not r["ok"] for r in rows)
-        write_json(counts_path, {**teacher.stats.counts(), "revisions_failed": failed})
+        counts["revisions_failed"] = failed
         log["llm"] = teacher.stats.as_dict()
     click.echo(f"round {round_no}: {len(rows) - failed} revisions, {failed} failed; teacher {teacher.stats.as_dict()}")
 

@@ -14,8 +14,9 @@ import click
 
 from teachloop import judge, runlog
 from teachloop.config import load_section, read_params, run_stage
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.data import read_jsonl, write_jsonl
 from teachloop.llm import make_llm
+from teachloop.llm.client import counts_file
 from teachloop.metrics import ordered
 
 
@@ -63,13 +64,12 @@ def main(params: str, a_dir: Path | None, b_dir: Path | None, a_name: str | None
     if not common:
         raise click.ClickException(f"{a_dir} and {b_dir} share no eval set")
     llm = make_llm(cfg.llm, "judge")
-    with runlog.timed(f"judge@{a_name}_vs_{b_name}") as extra:
+    with runlog.timed(f"judge@{a_name}_vs_{b_name}") as extra, counts_file(counts_path, llm) as counts:
         records = judge.judge_answers(llm, cfg, [r for s in common for r in a_sets[s]],
                                       [r for s in common for r in b_sets[s]], a_name, b_name)
         extra["llm"] = llm.stats.as_dict()
+        counts.update(judgements=len(records), failed_judgements=sum(r["verdict"] is None for r in records))
     write_jsonl(out / "verdicts.jsonl", records)
-    write_json(counts_path, {**llm.stats.counts(), "judgements": len(records),
-                             "failed_judgements": sum(r["verdict"] is None for r in records)})
     tally = {v: sum(r["verdict"] == v for r in records) for v in ("win", "tie", "loss", None)}
     click.echo(f"{a_name} vs {b_name}: {len(records)} judgements over {common}; win {tally['win']}, "
                f"tie {tally['tie']}, loss {tally['loss']}, failed {tally[None]}; judge {llm.stats.as_dict()}")

@@ -11,7 +11,8 @@ import click
 
 from teachloop import roles, runlog
 from teachloop.config import load_section, read_params, run_stage
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.data import read_jsonl, write_jsonl
+from teachloop.llm.client import counts_file
 from teachloop.methods.ranking import ContextualConfig, rank_contextual
 
 
@@ -25,11 +26,12 @@ def main(params: str, candidates: Path, out: Path, counts_path: Path) -> None:
     """Ask the teacher for one ranking of each instruction's candidates."""
     p = read_params(params)
     teacher = roles.teacher(p)
-    with runlog.timed(f"rank_contextual:{candidates.parent.name}") as extra:
+    with runlog.timed(f"rank_contextual:{candidates.parent.name}") as extra, \
+            counts_file(counts_path, teacher) as stage_counts:
         items, counts = rank_contextual(teacher, read_jsonl(candidates), load_section(p, "contextual", ContextualConfig))
         extra["llm"] = teacher.stats.as_dict()
+        stage_counts.update(counts)
     write_jsonl(out, items)
-    write_json(counts_path, {**teacher.stats.counts(), **counts})
     click.echo(f"contextual ranking: {counts}")
 
 

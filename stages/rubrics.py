@@ -14,6 +14,7 @@ import numpy as np
 from teachloop import embeddings, roles, rubrics, runlog
 from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
+from teachloop.llm.client import counts_file
 
 
 @click.command()
@@ -34,12 +35,13 @@ def main(params: str, prepared: Path, emb_dir: Path, out: Path, counts_path: Pat
     index = dict(zip(ids, vectors))
     train_vecs = np.stack([index[r["id"]] for r in train])
     unsorted: list[str] = []
-    with runlog.timed("rubrics") as extra:
+    with runlog.timed("rubrics") as extra, counts_file(counts_path, teacher) as stage_counts:
         if cfg.mode == "cluster":
             cats = rubrics.categories_by_cluster(train, train_vecs, cfg, teacher)
         else:
             cats, unsorted = rubrics.categories_by_llm(train, cfg, teacher)
         extra["llm"] = teacher.stats.as_dict()
+        stage_counts.update(unsorted_by_teacher=len(unsorted), failed_categories=sum(not c["ok"] for c in cats))
     assignments, counts = [], {}
     for npz in sorted(emb_dir.glob("*.npz")):
         set_ids, vecs = embeddings.load(npz)
@@ -55,8 +57,6 @@ def main(params: str, prepared: Path, emb_dir: Path, out: Path, counts_path: Pat
     write_json(out / "categories.json", [{"id": i, **c} for i, c in enumerate(cats)])
     write_jsonl(out / "assignments.jsonl", assignments)
     (out / "summary.md").write_text(rubrics.summary_markdown(cats, by_id, counts), encoding="utf-8")
-    write_json(counts_path, {**teacher.stats.counts(), "unsorted_by_teacher": len(unsorted),
-                             "failed_categories": sum(not c["ok"] for c in cats)})
     click.echo(f"{len(cats)} categories; teacher {teacher.stats.as_dict()}; {len(unsorted)} assigned by embedding")
 
 

@@ -10,8 +10,9 @@ import click
 
 from teachloop import roles, runlog
 from teachloop.config import read_params, run_stage
-from teachloop.data import read_jsonl, write_json, write_jsonl
+from teachloop.data import read_jsonl, write_jsonl
 from teachloop.llm import BackendError
+from teachloop.llm.client import counts_file
 from teachloop.methods.ranking import rank_probabilistic
 
 
@@ -25,14 +26,15 @@ def main(params: str, candidates: Path, out: Path, counts_path: Path) -> None:
     """Score each candidate by the teacher's mean token log-probability and rank best..worst."""
     p = read_params(params)
     teacher = roles.teacher(p)
-    with runlog.timed(f"score_probabilistic:{candidates.parent.name}") as extra:
+    with runlog.timed(f"score_probabilistic:{candidates.parent.name}") as extra, \
+            counts_file(counts_path, teacher) as stage_counts:
         try:
             items, counts = rank_probabilistic(teacher, read_jsonl(candidates), p["probabilistic"]["length_penalty"])
         except BackendError as e:
             raise click.ClickException(str(e)) from e
         extra["llm"] = teacher.stats.as_dict()
+        stage_counts.update(counts)
     write_jsonl(out, items)
-    write_json(counts_path, {**teacher.stats.counts(), **counts})
     click.echo(f"probabilistic ranking: {counts}")
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
 from . import prompts
 from .config import ConfigError, one_of
 from .llm import LLM, LLMConfig, ParseError, Request
@@ -192,14 +190,17 @@ def judge_answers(llm: LLM, cfg: JudgeConfig, a_rows: list[dict], b_rows: list[d
     """One record per (instruction, criterion) for comparison `{a_name}_vs_{b_name}`, from A's point of view."""
     records = []
     pairs = pair_rows(a_rows, b_rows, cfg.max_per_set)
-    for a, b in tqdm(pairs, desc=f"judge {a_name} vs {b_name}", unit="pair", disable=not progress):
-        instruction, input_ = a["instruction"], a.get("input", "")
+
+    def both_orders(pair: tuple[dict, dict]) -> dict[str, dict]:
+        a, b = pair
         shown = {"ab": (a["answer"], b["answer"]), "ba": (b["answer"], a["answer"])}
-        by_order = {}
-        for order, (first, second) in shown.items():
-            by_order[order] = _judge_order(llm, cfg, {
-                c: build_prompt(instruction, input_, first, second, c, cfg.max_answer_chars) for c in cfg.criteria
-            }, order)
+        return {order: _judge_order(llm, cfg, {
+            c: build_prompt(a["instruction"], a.get("input", ""), first, second, c, cfg.max_answer_chars)
+            for c in cfg.criteria}, order) for order, (first, second) in shown.items()}
+
+    judged = llm.map(both_orders, pairs, desc=f"judge {a_name} vs {b_name}" if progress else None)
+    for (a, b), by_order in zip(pairs, judged):
+        instruction, input_ = a["instruction"], a.get("input", "")
         for criterion in cfg.criteria:
             orders = [by_order["ab"][criterion], by_order["ba"][criterion]]
             records.append({

@@ -148,13 +148,16 @@ def categories_by_cluster(records, vectors, cfg: RubricsConfig, teacher: LLM) ->
     labels = kmeans(vectors, cfg.k, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     copies = prompt_example_texts("rubric_cluster")
-    cats = []
+    groups = []  # (cluster, members, request): the seeded draws of shown examples stay in cluster order
     for j in sorted(set(labels.tolist())):
         members = [r for r, lab in zip(records, labels) if lab == j]
         shown = [members[i] for i in rng.permutation(len(members))[: cfg.examples_per_category]]
         prompt = prompts.render("rubric_cluster", examples=_examples(shown, numbered=False))
-        req = Request(prompt, max_tokens=cfg.max_tokens, json_schema=CLUSTER_SCHEMA, seed=cfg.seed)
-        res = teacher.generate(req, lambda t: reject_copies(parse_named_rubric(t), copies), attempts=cfg.attempts)
+        groups.append((j, members, Request(prompt, max_tokens=cfg.max_tokens, json_schema=CLUSTER_SCHEMA, seed=cfg.seed)))
+    results = teacher.map(lambda g: teacher.generate(g[2], lambda t: reject_copies(parse_named_rubric(t), copies),
+                                                     attempts=cfg.attempts), groups)
+    cats = []
+    for (j, members, _), res in zip(groups, results):
         named = res.parsed if res.ok else {"name": f"category {j + 1}", "rubric": cfg.fallback_rubric}
         cats.append({"name": named["name"], "rubric": named["rubric"], "members": [r["id"] for r in members],
                      "ok": res.ok, "raw": res.raw, "error": res.error})
@@ -166,12 +169,15 @@ def categories_by_llm(records, cfg: RubricsConfig, teacher: LLM) -> tuple[list[d
     merged: dict[str, dict] = {}
     unsorted: list[str] = []
     copies = prompt_example_texts("rubric_llm")
-    for start in range(0, len(records), cfg.batch_size):
-        batch = records[start : start + cfg.batch_size]
+    batches = [records[start : start + cfg.batch_size] for start in range(0, len(records), cfg.batch_size)]
+
+    def ask(batch: list[dict]):
         prompt = prompts.render("rubric_llm", examples=_examples(batch, numbered=True))
-        res = teacher.generate(Request(prompt, max_tokens=cfg.max_tokens, seed=cfg.seed),
-                               lambda t, n=len(batch): [reject_copies(c, copies) for c in parse_categories(t, n)],
-                               attempts=cfg.attempts)
+        return teacher.generate(Request(prompt, max_tokens=cfg.max_tokens, seed=cfg.seed),
+                                lambda t, n=len(batch): [reject_copies(c, copies) for c in parse_categories(t, n)],
+                                attempts=cfg.attempts)
+
+    for batch, res in zip(batches, teacher.map(ask, batches)):  # merged in batch order, whatever finished first
         placed = set()
         for cat in res.parsed or []:
             key = cat["name"].strip().lower()

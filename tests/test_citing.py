@@ -47,14 +47,14 @@ def test_round_units_skip_failed_and_empty_revisions():
 def test_revision_sees_rubric_and_answer_and_failures_are_recorded(tmp_path):
     seen = []
     teacher = LLM(FakeBackend(lambda p: seen.append(p) or " Improved: fine. "), CallCache(tmp_path))
-    got = revise(teacher, RECORDS[0], RUBRIC, "draft text", RoundConfig(), stop=("###",))
+    got = revise(teacher, RECORDS[0], RUBRIC, "draft text", RoundConfig())
     assert got["ok"] and got["revision"] == "Improved: fine." and got["raw"] == [" Improved: fine. "]
     assert RUBRIC in seen[-1] and "draft text" in seen[-1] and RECORDS[0]["instruction"] in seen[-1]
     empty = LLM(FakeBackend(lambda p: "   "), CallCache(tmp_path / "e"))
-    bad = revise(empty, RECORDS[0], RUBRIC, "draft", RoundConfig(attempts=2), stop=())
+    bad = revise(empty, RECORDS[0], RUBRIC, "draft", RoundConfig(attempts=2))
     assert not bad["ok"] and bad["revision"] == "" and bad["raw"] == ["   ", "   "] and empty.stats.failed == 1
     parrot = LLM(FakeBackend(lambda p: RUBRIC), CallCache(tmp_path / "p"))  # repeats the rubric: no revision
-    copied = revise(parrot, RECORDS[0], RUBRIC, "draft", RoundConfig(attempts=2), stop=())
+    copied = revise(parrot, RECORDS[0], RUBRIC, "draft", RoundConfig(attempts=2))
     assert not copied["ok"] and "repeats the rubric" in copied["error"] and parrot.stats.failed == 1
 
 

@@ -133,8 +133,10 @@ def test_judge_stage_cli_and_reparse(tmp_path):
     # The fake backend echoes the prompt's last line ("Verdict:"): no verdict, so every judgement is a failure.
     recs = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert len(recs) == 2 * 3 and all(r["failed"] for r in recs)
-    assert read_json(tmp_path / "counts.json") == {"requests": 12, "retried": 0, "failed": 12, "judgements": 6,
-                                                   "failed_judgements": 6}
+    counts = read_json(tmp_path / "counts.json")
+    assert {k: counts[k] for k in ("requests", "retried", "failed", "reasks", "judgements", "failed_judgements")} \
+        == {"requests": 12, "retried": 0, "failed": 12, "reasks": 0, "judgements": 6, "failed_judgements": 6}
+    assert counts["transport_retries"] == counts["timeouts"] == 0  # the fake backend meets no transport fault
     # Hand-edit one stored reply, as a better parser would read it, and re-parse without calls.
     recs[0]["orders"][0]["attempts"] = ["[[A]]"]
     recs[0]["orders"][1]["attempts"] = ["[[B]]"]

@@ -14,6 +14,9 @@ from typing import Protocol
 from ..config import ConfigError, one_of
 
 
+SERVERS = ("openai", "vllm", "llamacpp", "generic")
+
+
 @dataclass
 class LLMConfig:
     """Where an LLM lives and how it is run. Secrets never live here: only the *name* of the env var."""
@@ -28,17 +31,26 @@ class LLMConfig:
     base_url: str = ""  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (the key is never stored)
     api: str = "completions"  # openai: completions | chat
+    # openai: what the server is, declared, never guessed. It decides which non-standard fields may be sent
+    # (repeat_penalty, grammar: vllm and llamacpp only) and how a JSON schema reaches the server (openai/vllm:
+    # response_format; llamacpp: a grammar; generic: not at all, replies are validated and re-asked).
+    server: str = "openai"
     n_ctx: int = 2048  # context window in tokens
     n_threads: int = 2  # CPU threads for llama.cpp
     n_batch: int = 512  # prompt-processing batch in tokens
     seed: int = 1  # >= 1: llama-cpp-python treats 0 as "random"
     timeout_s: float = 120.0  # openai: per-request timeout
-    max_retries: int = 3  # openai: transport retries (429/5xx/timeouts) with exponential backoff
+    max_retries: int = 3  # openai: transport retries (429/5xx/timeouts/malformed 200s) with bounded backoff
+    # Requests in flight at once (runtime, like n_threads): an API serves many; in-process llama.cpp is forced to 1.
+    max_concurrency: int = 1
 
     def validate(self, where: str) -> None:
         one_of(self.backend, ("llamacpp", "openai", "fake"), f"{where}.backend")
         one_of(self.prompt_format, ("plain", "chat", "auto"), f"{where}.prompt_format")
         one_of(self.api, ("completions", "chat"), f"{where}.api")
+        one_of(self.server, SERVERS, f"{where}.server")
+        if self.max_concurrency < 1 or self.max_retries < 0:
+            raise ConfigError(f"{where}: max_concurrency must be >= 1 and max_retries >= 0")
         if self.seed < 1:
             raise ConfigError(f"{where}.seed must be >= 1 (llama-cpp-python reads 0 as a random seed)")
         if self.backend == "llamacpp" and not self.gguf:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Callable
 
 from .base import Request
@@ -18,24 +19,29 @@ class FakeBackend:
         self.responder = responder or (lambda prompt: "echo: " + prompt.strip().splitlines()[-1][:80])
         self.name = name
         self.calls = 0
+        self._lock = threading.Lock()  # LLM.map may call from several threads
+
+    def _count(self) -> None:
+        with self._lock:
+            self.calls += 1
 
     def identity(self) -> dict:
         return {"backend": "fake", "name": self.name}
 
     def complete(self, req: Request) -> str:
-        self.calls += 1
+        self._count()
         return self.responder(req.prompt)
 
     def logprobs(self, prompt: str, continuation: str) -> list[float]:
         # Deterministic pseudo-scores: longer, prompt-overlapping continuations score higher.
-        self.calls += 1
+        self._count()
         words = continuation.split() or [""]
         overlap = sum(w in prompt for w in words) / len(words)
         jitter = int(hashlib.sha256(continuation.encode()).hexdigest()[:4], 16) / 65535 / 10
         return [-2.0 + overlap + jitter] * len(words)
 
     def option_probs(self, prompt: str, options: list[str]) -> dict[str, float]:
-        self.calls += 1
+        self._count()
         text = self.responder(prompt)
         hits = {o: float(o in text) + 1e-3 for o in options}
         total = sum(hits.values())

@@ -12,8 +12,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tqdm import tqdm
-
 from ..config import ConfigError, one_of
 from ..llm import LLM, Request
 from ..student.prompting import record_prompt
@@ -158,12 +156,13 @@ def build_candidates(llm: LLM, records: list[dict], cfg: CandidatesConfig,
     An item keeps the record's id/instruction/input/output and adds `prompt` (what the student is trained on) and
     the fields of `draw_candidates`. `counts` sums resamples, items with duplicates left and empty candidates.
     """
-    items = []
-    for rec in tqdm(records, desc=f"candidates ({cfg.source})", unit="instr"):
+    def one(rec: dict) -> dict:
         prompt = prompt_fn(rec)
         keep = {k: rec[k] for k in ("id", "instruction", "input", "output") if k in rec}
-        items.append({**keep, "prompt": prompt, "source": cfg.source,
-                      **draw_candidates(llm, prompt, cfg, item_seed(cfg.seed, rec["id"]))})
+        return {**keep, "prompt": prompt, "source": cfg.source,
+                **draw_candidates(llm, prompt, cfg, item_seed(cfg.seed, rec["id"]))}
+
+    items = llm.map(one, records, desc=f"candidates ({cfg.source})")
     counts = {
         "items": len(items),
         "candidates": sum(len(it["candidates"]) for it in items),

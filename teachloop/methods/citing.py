@@ -6,7 +6,7 @@ Unit: {"prompt": revise prompt (instruction, rubric, own answer), "response": re
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import prompts
 from ..llm import LLM, ParseError, Request
@@ -22,6 +22,9 @@ class RoundConfig:
     seed: int = 5
     revise_max_tokens: int = 128  # teacher revision budget (tokens)
     attempts: int = 2  # teacher tries per revision before it is recorded as failed
+    # The teacher's own stops, never the student's: a revision may use "###" headings; it ends where a teacher
+    # that runs on would start the prompt's next section (<= 4 entries: the OpenAI API's limit).
+    revise_stop: list[str] = field(default_factory=lambda: ["\n### Task:", "\n### Rubric:", "\n### Student's reply:"])
 
 
 def sample_round(records: list[dict], cfg: RoundConfig, round_no: int) -> list[dict]:
@@ -72,8 +75,8 @@ def teacher_prompt(rec: dict, rubric: str, answer: str) -> str:
                           rubric=rubric, answer=answer or "(no answer)")
 
 
-def revise(teacher: LLM, rec: dict, rubric: str, answer: str, cfg: RoundConfig, stop: tuple[str, ...]) -> dict:
-    req = Request(teacher_prompt(rec, rubric, answer), max_tokens=cfg.revise_max_tokens, stop=stop,
+def revise(teacher: LLM, rec: dict, rubric: str, answer: str, cfg: RoundConfig) -> dict:
+    req = Request(teacher_prompt(rec, rubric, answer), max_tokens=cfg.revise_max_tokens, stop=tuple(cfg.revise_stop),
                   repeat_penalty=1.1, seed=cfg.seed)
     res = teacher.generate(req, lambda t: check_not_copied(parse_revision(t), rubric), attempts=cfg.attempts)
     return {"revision": res.parsed if res.ok else "", "ok": res.ok, "attempts": res.attempts, "raw": res.raw,

@@ -12,8 +12,6 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
 from .. import prompts
 from ..config import ConfigError
 from ..llm import LLM, BackendError, ParseError, Request
@@ -79,11 +77,12 @@ def teacher_scores(llm: LLM, item: dict, length_penalty: float = 1.0) -> list[fl
 
 def rank_probabilistic(llm: LLM, items: list[dict], length_penalty: float = 1.0) -> tuple[list[dict], dict]:
     """(items + `scores`, `ranking` best..worst as candidate indices, `ranker`, `prompt_version`; counts)."""
-    out = []
-    for item in tqdm(items, desc="rank probabilistic", unit="instr"):
+    def one(item: dict) -> dict:
         scores = teacher_scores(llm, item, length_penalty)
-        out.append({**item, "ranker": "probabilistic", "prompt_version": prompts.version(SCORE_PROMPT), "ok": True,
-                    "scores": scores, "ranking": order_by_score(scores)})
+        return {**item, "ranker": "probabilistic", "prompt_version": prompts.version(SCORE_PROMPT), "ok": True,
+                "scores": scores, "ranking": order_by_score(scores)}
+
+    out = llm.map(one, items, desc="rank probabilistic")
     unscored = sum(s is None for it in out for s in it["scores"])
     return out, {"items": len(out), "ok": len(out), "failed": 0, "unscored_candidates": unscored}
 
@@ -159,7 +158,7 @@ def rank_one_contextual(llm: LLM, item: dict, cfg: ContextualConfig) -> dict:
 
 def rank_contextual(llm: LLM, items: list[dict], cfg: ContextualConfig) -> tuple[list[dict], dict]:
     """(ranked items, counts {items, ok, retried, failed}); failed items stay in the list with ranking None."""
-    out = [rank_one_contextual(llm, item, cfg) for item in tqdm(items, desc="rank contextual", unit="instr")]
+    out = llm.map(lambda item: rank_one_contextual(llm, item, cfg), items, desc="rank contextual")
     return out, {
         "items": len(out),
         "ok": sum(it["ok"] for it in out),
