@@ -39,9 +39,11 @@ def main(params: str, round_no: int, answers: Path, rubric_dir: Path, out: Path,
         rows = teacher.map(one, read_jsonl(answers), desc=f"round {round_no} revisions")
         write_jsonl(out, rows)
         failed = sum(not r["ok"] for r in rows)
-        counts["revisions_failed"] = failed
+        # A revision that only repeats the draft teaches the student nothing: the rate says how much the teacher did.
+        same = sum(r["ok"] and r["revision"].strip() == r["answer"].strip() for r in rows)
+        counts.update(revisions_failed=failed, revisions_equal_draft=same)
         log["llm"] = teacher.stats.as_dict()
-    click.echo(f"round {round_no}: {len(rows) - failed} revisions, {failed} failed; teacher {teacher.stats.as_dict()}")
+    click.echo(f"round {round_no}: {len(rows) - failed} revisions ({same} equal to the draft), {failed} failed; teacher {teacher.stats.as_dict()}")
 
 
 if __name__ == "__main__":

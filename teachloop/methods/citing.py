@@ -24,6 +24,8 @@ class RoundConfig:
     attempts: int = 2  # teacher tries per revision before it is recorded as failed
     # The teacher's own stops, never the student's: a revision may use "###" headings; it ends where a teacher
     # that runs on would start the prompt's next section (<= 4 entries: the OpenAI API's limit).
+    # A privileged teacher: shown the dataset's reference answer while revising (small teachers need the help).
+    reference_hint: bool = False
     revise_stop: list[str] = field(default_factory=lambda: ["\n### Task:", "\n### Rubric:", "\n### Student's reply:"])
 
 
@@ -70,13 +72,15 @@ def check_not_copied(revision: str, rubric: str) -> str:
     return revision
 
 
-def teacher_prompt(rec: dict, rubric: str, answer: str) -> str:
+def teacher_prompt(rec: dict, rubric: str, answer: str, reference_hint: bool = False) -> str:
+    """The revision prompt; with `reference_hint` it also shows the record's reference answer (`output`)."""
+    hint = f"### Reference answer (for you only, do not mention it):\n{rec['output']}\n\n" if reference_hint else ""
     return prompts.render("teacher_revise", instruction=rec["instruction"], input_block=input_block(rec.get("input", "")),
-                          rubric=rubric, answer=answer or "(no answer)")
+                          rubric=rubric, reference_block=hint, answer=answer or "(no answer)")
 
 
 def revise(teacher: LLM, rec: dict, rubric: str, answer: str, cfg: RoundConfig) -> dict:
-    req = Request(teacher_prompt(rec, rubric, answer), max_tokens=cfg.revise_max_tokens, stop=tuple(cfg.revise_stop),
+    req = Request(teacher_prompt(rec, rubric, answer, cfg.reference_hint), max_tokens=cfg.revise_max_tokens, stop=tuple(cfg.revise_stop),
                   repeat_penalty=1.1, seed=cfg.seed)
     res = teacher.generate(req, lambda t: check_not_copied(parse_revision(t), rubric), attempts=cfg.attempts)
     return {"revision": res.parsed if res.ok else "", "ok": res.ok, "attempts": res.attempts, "raw": res.raw,
