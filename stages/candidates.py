@@ -1,7 +1,8 @@
 """Stage `candidates@SET`: N sampled answers per training instruction, near-duplicates resampled (Tuna's rule).
 
     python stages/candidates.py --prepared DIR --adapter ADAPTER_DIR --out JSONL --counts JSON   (paths: dvc.yaml)
-The sampler is the student with ADAPTER (candidates.source: student) or the teacher (source: teacher).
+The sampler is the student with ADAPTER (candidates.source: student) or the teacher (source: teacher); an
+instruction's N first draws are one request (one cache entry), so `requests` in the counts is per instruction.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Candidates, teacher rankings and method units with scripted fake backends (no model): ROUGE-L, Tuna's
 near-duplicate resampling, contextual-ranking parsing/validation/failure records, probabilistic ordering."""
+import dataclasses
+
 import pytest
 
 from teachloop.llm import LLM, BackendError, CallCache, ParseError
@@ -40,15 +42,21 @@ RECORDS = [{"id": f"r{i}", "instruction": f"Name a colour number {i}.", "input":
 # --- ROUGE-L -----------------------------------------------------------------------------------------------------
 
 
-def test_rouge_l_values():
-    assert cands.rouge_l("The Cat  sat", "the cat sat") == 1.0
-    assert cands.rouge_l("a b c", "x y z") == 0.0
+def test_similarity_is_rouge_score_rouge_l_with_stemming():
+    from teachloop.reference import rouge_l
+
+    # stemming and rouge-score's tokenizer: plurals, case and punctuation do not count
+    assert cands.similarity("The cats sat.", "the cat sat") == 1.0
+    assert cands.similarity("a b c", "x y z") == 0.0
     # LCS("a b c d", "a c d e") = 3 -> P = R = 3/4
-    assert cands.rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
-    # LCS = 2 ("a c"), P = 2/2, R = 2/4 -> F = 2 * 1 * .5 / 1.5
-    assert cands.rouge_l("a c", "a b c d") == pytest.approx(2 / 3)
-    assert cands.rouge_l("a b c d", "a c") == cands.rouge_l("a c", "a b c d")
-    assert cands.lcs_length("b a c".split(), "a b c".split()) == 2
+    assert cands.similarity("a b c d", "a c d e") == pytest.approx(0.75)
+    # LCS = 2 ("a c"), P = 2/2, R = 2/4 -> F = 2 * 1 * .5 / 1.5; symmetric
+    assert cands.similarity("a c", "a b c d") == pytest.approx(2 / 3) == cands.similarity("a b c d", "a c")
+    assert cands.similarity("running fast", "he runs fast") == rouge_l("running fast", "he runs fast")
+    # two non-answers are the same non-answer; rouge-score alone would call them distinct (0.0)
+    assert cands.similarity("", "  ") == 1.0 and rouge_l("", "  ") == 0.0
+    assert cands.similarity("", "a word") == 0.0
+    assert not hasattr(cands, "lcs_length")  # the hand-written LCS is gone: one ROUGE-L in the project
 
 
 def test_sample_records_is_seeded_and_order_free():
@@ -96,10 +104,40 @@ def test_distinct_candidates_need_no_resample(tmp_path):
     assert counts == {"items": 2, "candidates": 8, "resamples": 0, "items_resampled": 0,
                       "duplicates_remain": 0, "empty_candidates": 0}
     assert items[0]["id"] == "r0" and items[0]["source"] == "teacher" and "### Response:" in items[0]["prompt"]
-    assert backend.calls == 8
-    # a second run is served by the call cache: zero new calls, identical output
+    # a backend without grouped sampling answers each sample separately: 8 completions, one per seed ...
+    assert backend.calls == 8 and [r.seed for r in backend.requests[:4]] == items[0]["seeds"]
+    # ... but the cache holds one entry per instruction, and a second run is served by it: zero new calls
+    assert llm.stats.calls == 2 and len(list((tmp_path / "cache").rglob("*.json"))) == 2
     again, _ = cands.build_candidates(make_llm(tmp_path, backend), RECORDS[:2], CandidatesConfig(n=4, source="teacher"))
     assert backend.calls == 8 and again == items
+
+
+class GroupedBackend(ScriptedBackend):
+    """A backend with native grouped sampling: records each (request, n) it is asked for."""
+
+    def __init__(self, reply):
+        super().__init__(reply)
+        self.groups = []
+
+    def complete_samples(self, req, n):
+        self.groups.append((req, n))
+        return [self.reply(dataclasses.replace(req, seed=req.seed + k)) for k in range(n)]
+
+
+def test_first_draws_are_one_grouped_request_and_redraws_single_ones(tmp_path):
+    def reply(req):
+        if req.temperature < 0.75:
+            return "the capital of france is paris"
+        return f"reply {req.seed} says {req.seed * 7} other things"
+
+    backend = GroupedBackend(reply)
+    llm = make_llm(tmp_path, backend)
+    out = cands.draw_candidates(llm, "P", CandidatesConfig(n=4, temperature=0.7, max_resamples=3), base_seed=100)
+    assert [(r.seed, r.temperature, n) for r, n in backend.groups] == [
+        (100, 0.7, 4), (104, 0.8, 1), (105, 0.9, 1), (106, 1.0, 1)]
+    assert backend.calls == 0  # never fell back to separate completions
+    assert out["seeds"] == [100, 104, 105, 106] and not out["duplicates_remain"]
+    assert llm.stats.counts() == {"requests": 4, "retried": 0, "failed": 0}
 
 
 def test_config_validation():

@@ -108,7 +108,7 @@ def test_candidates_resumed_after_kills_equal_an_uninterrupted_run(inputs, adapt
                 str(inputs / "prepared"), "--adapter", str(adapter), "--out", str(d / "candidates.jsonl"),
                 "--counts", str(d / "c.json")]
 
-    # 2 instructions x 3 draws: every kill falls between two draws of one instruction.
+    # 2 instructions, each one grouped request of 3 draws (plus any redraws): kills fall between requests.
     whole, resumed = _compare(args, tmp_path, kill_at=[1, 2, 4, 5])
     assert (resumed / "candidates.jsonl").read_bytes() == (whole / "candidates.jsonl").read_bytes()
     assert (resumed / "c.json").read_bytes() == (whole / "c.json").read_bytes()

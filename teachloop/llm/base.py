@@ -4,6 +4,9 @@ A backend turns a `Request` into text, and, where the model exposes them, gives 
 continuation (`logprobs`) and a next-token distribution over a few option strings (`option_probs`). The `_many`
 forms answer several of those as one request (one cache entry), which lets a backend reuse the shared prompt
 prefix inside the request; each request must depend on nothing the backend ran before it.
+
+`complete_samples` (N samples of one prompt as one request) is optional: `LLM` falls back to `complete_each`, N
+separate completions, for a backend without it (the OpenAI-compatible and fake ones).
 """
 from __future__ import annotations
 
@@ -97,3 +100,17 @@ class Backend(Protocol):
 
     def option_probs_many(self, prompts: list[str], options: list[str]) -> list[dict[str, float]]:
         """`option_probs` of each prompt, as one request."""
+
+    # Optional (see `complete_each`):
+    # def complete_samples(self, req: Request, n: int) -> list[str]:
+    #     """n samples of `req`, sample k with seed `req.seed + k`, as one request."""
+
+
+def sample_seeds(req: Request, n: int) -> list[int]:
+    """The seed of each of the n samples of a `complete_samples` request: consecutive from `req.seed`."""
+    return [req.seed + k for k in range(n)]
+
+
+def complete_each(backend, req: Request, n: int) -> list[str]:
+    """`complete_samples` as n separate completions, for backends that cannot decode the samples together."""
+    return [backend.complete(dataclasses.replace(req, seed=s)) for s in sample_seeds(req, n)]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import jsonschema
 
-from .base import Backend, LLMConfig, Request
+from .base import Backend, LLMConfig, Request, complete_each
 from .cache import CallCache, request_key
 
 T = TypeVar("T")
@@ -229,6 +229,16 @@ class LLM:
 
     def complete(self, req: Request) -> str:
         return self._cached("complete", dataclasses.asdict(req), lambda: self.backend.complete(req))
+
+    def complete_samples(self, req: Request, n: int) -> list[str]:
+        """n samples of `req` (sample k with seed `req.seed + k`) as one request and one cache entry.
+
+        A backend that can decode them together over one evaluation of the prompt does (llama.cpp); others
+        answer with n separate completions. Either way the set depends on the request alone.
+        """
+        native = getattr(self.backend, "complete_samples", None)
+        compute = (lambda: native(req, n)) if native is not None else (lambda: complete_each(self.backend, req, n))
+        return self._cached("complete_samples", {**dataclasses.asdict(req), "n": n}, compute)
 
     def generate(self, req: Request, parse: Callable[[str], Any] | None = None, attempts: int = 3) -> Result:
         """Complete `req`; if the reply fails validation, re-ask (new seed, some temperature) up to `attempts` times.

@@ -10,9 +10,17 @@ with the state of the previous prompt kept). A resumed stage, which runs its req
 would then not reproduce an uninterrupted run. Prefix reuse stays only inside one grouped request
 (`option_probs_many`, `logprobs_many`), where the history is part of the request: the judge's three criteria of one
 order share everything but the question, Tuna's candidates of one item share the whole prompt.
+
+`complete_samples` draws N samples of one prompt as one request: the prompt is evaluated once as sequence 0 of a
+context with room for N sequences, its KV cells are shared with sequences 1..N-1 (`llama_memory_seq_cp`), and the
+N streams decode one token each per `llama_decode`, each with its own sampler chain and seed. The streams that
+share a batch are fixed by the request, so the set stays a function of the request (issue #12: batching
+*unrelated* requests together is what breaks that, and is never done here).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -21,7 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BackendError, LLMConfig, Request
+from .base import BackendError, LLMConfig, Request, complete_each, sample_seeds
+
+# The high-level `Llama.create_completion` samples with these defaults; the grouped sampler uses the same chain so
+# that a sample means the same thing on both paths (only the numerics of the shared-prompt batch differ).
+TOP_K, MIN_P, PENALTY_LAST_N = 40, 0.05, 64
 
 
 @lru_cache(maxsize=32)
@@ -49,6 +61,7 @@ class LlamaCppBackend:
                 )
         self._gen = None
         self._scorer = None
+        self._groups: dict[int, object] = {}  # n samples -> a context with n sequences (see `_group_context`)
 
     def identity(self) -> dict:
         return {
@@ -196,3 +209,115 @@ class LlamaCppBackend:
             p /= p.sum()
             out.append({o: float(v) for o, v in zip(options, p)})
         return out
+
+    def complete_samples(self, req: Request, n: int) -> list[str]:
+        """N samples of `req.prompt`, sample k drawn with seed `req.seed + k`, decoded together over one prompt KV.
+
+        Chat-formatted and schema-constrained requests fall back to N separate completions: candidates use
+        neither, and the grouped path would have to reimplement the chat template and the grammar sampler.
+        """
+        if n < 1:
+            raise ValueError(f"complete_samples needs n >= 1, got {n}")
+        if req.json_schema is not None or self.uses_chat_template():
+            return complete_each(self, req, n)
+        llm = self.gen
+        prompt = self._tokens(llm, req.prompt, True)
+        self._check_fits(len(prompt) + n * req.max_tokens, f"prompt + {n} samples x max_tokens")
+        ctx, batch = self._group_context(n)
+        ctx.kv_cache_clear()  # a fresh state, as for every other request
+        step = self.cfg.n_batch
+        for start in range(0, len(prompt), step):  # seq 0; only the last token's logits are kept
+            batch.set_batch(prompt[start:start + step], n_past=start, logits_all=False)
+            ctx.decode(batch)
+        import llama_cpp
+
+        for k in range(1, n):  # share the prompt's KV cells with every other stream (no copy of the data)
+            llama_cpp.llama_memory_seq_cp(ctx.memory, 0, k, -1, -1)
+        with contextlib.ExitStack() as stack:
+            samplers = [stack.enter_context(contextlib.closing(self._sampler(req, s))) for s in sample_seeds(req, n)]
+            return self._decode_streams(llm, ctx, batch, samplers, req, len(prompt), batch.n_tokens() - 1)
+
+    def _decode_streams(self, llm, ctx, batch, samplers, req: Request, n_prompt: int, last: int) -> list[str]:
+        """Decode every stream one token per step until it stops (end of generation, a stop string, max_tokens)."""
+        import llama_cpp
+
+        n = len(samplers)
+        generated: list[list[int]] = [[] for _ in range(n)]
+        texts = [""] * n
+        where = {k: last for k in range(n)}  # stream -> index of its logits in the last decoded batch
+        while where:
+            active = {}
+            for k, idx in where.items():  # in stream order: the same order on every run
+                token = samplers[k].sample(ctx, idx)
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                    continue
+                generated[k].append(token)
+                text = llm.detokenize(generated[k]).decode("utf-8", errors="ignore")
+                cut = min((i for i in (text.find(s) for s in req.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    texts[k] = text[:cut]
+                    continue
+                texts[k] = text
+                if len(generated[k]) < req.max_tokens:
+                    active[k] = token
+            if not active:
+                break
+            batch.reset()
+            for i, (k, token) in enumerate(active.items()):
+                _put(batch.batch, i, token, n_prompt + len(generated[k]) - 1, k)
+            batch.batch.n_tokens = len(active)
+            ctx.decode(batch)
+            where = {k: i for i, k in enumerate(active)}
+        return texts
+
+    def _sampler(self, req: Request, seed: int):
+        """One stream's sampler chain, as `create_completion` builds it: penalties, top-k, top-p, min-p, temp, seed."""
+        from llama_cpp._internals import LlamaSampler
+
+        sampler = LlamaSampler()
+        sampler.add_penalties(n_vocab=self.gen.n_vocab(), penalty_last_n=PENALTY_LAST_N,
+                              penalty_repeat=req.repeat_penalty, penalty_freq=0.0, penalty_present=0.0)
+        if req.temperature == 0:
+            sampler.add_greedy()
+            return sampler
+        sampler.add_top_k(TOP_K)
+        sampler.add_top_p(req.top_p, 1)
+        sampler.add_min_p(MIN_P, 1)
+        sampler.add_temp(req.temperature)
+        sampler.add_dist(seed)
+        return sampler
+
+    def _group_context(self, n: int):
+        """(context, batch) for requests of `n` samples, opened once per n on the generation model.
+
+        Its settings depend on n only, never on which requests came before, and `kv_unified` lets the N streams
+        attend to the one copy of the prompt's KV cells.
+        """
+        if n not in self._groups:
+            import llama_cpp
+            from llama_cpp._internals import LlamaBatch, LlamaContext
+
+            if n > llama_cpp.llama_max_parallel_sequences():
+                raise BackendError(f"{n} samples in one request exceed llama.cpp's "
+                                   f"{llama_cpp.llama_max_parallel_sequences()} sequences; lower candidates.n")
+            llm = self.gen
+            params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+            params.n_seq_max = n
+            params.kv_unified = True
+            ctx = LlamaContext(model=llm._model, params=params, verbose=False)
+            if llm._lora_adapter is not None:
+                adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+                if llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale)):
+                    raise BackendError(f"could not apply LoRA {self.cfg.lora!r} to the grouped-sampling context")
+            batch = LlamaBatch(n_tokens=max(self.cfg.n_batch, n), embd=0, n_seq_max=1, verbose=False)
+            self._groups[n] = (ctx, batch)
+        return self._groups[n]
+
+
+def _put(batch, i: int, token: int, pos: int, seq: int) -> None:
+    """Slot i of a llama_batch: `token` at `pos` of sequence `seq`, its logits wanted."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.seq_id[i][0] = seq
+    batch.n_seq_id[i] = 1
+    batch.logits[i] = True

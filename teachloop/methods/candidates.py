@@ -2,19 +2,27 @@
 
 Tuna's diversity rule: while some pair of candidates has ROUGE-L >= threshold and fewer than `max_resamples`
 resamples were made for the instruction, redraw the later one of the pair with a fresh seed at a temperature 0.1
-higher per retry. Ranking near-identical answers teaches nothing, so the rule buys contrast for a few calls. Every
-draw goes through the `LLM` call cache, so a re-run (or a resumed stage) makes no new calls.
+higher per retry. ROUGE-L is rouge-score's F-measure with stemming (`teachloop.reference.rouge_l`), so 0.8 means
+what it means in Tuna. Ranking near-identical answers teaches nothing, so the rule buys contrast for a few calls.
+An instruction's first N draws are one request (one cache entry) and each redraw another; every request goes
+through the `LLM` call cache, so a re-run (or a resumed stage) makes no new calls.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config import ConfigError, one_of
 from ..llm import LLM, Request
+from ..reference import rouge_l
 from ..student.prompting import record_prompt
+
+# rouge-score's tokenizer keeps lower-cased ASCII letters and digits only; a text without one has no words.
+_WORD = re.compile(r"[A-Za-z0-9]")
 
 
 @dataclass
@@ -44,51 +52,26 @@ class CandidatesConfig:
             raise ConfigError(f"{where}.temperature must be > 0: greedy decoding gives N identical candidates")
 
 
-def tokens(text: str) -> list[str]:
-    """Lower-cased whitespace tokens, the unit ROUGE-L counts in."""
-    return text.lower().split()
+def similarity(a: str, b: str) -> float:
+    """ROUGE-L F of two candidates with stemming (`rouge-score`, as Tuna measures near-duplicates); symmetric.
 
+    rouge-score gives 0.0 when either text has no word, so two empty (or all-punctuation) candidates would pass
+    as distinct; they are the same non-answer, so they count as identical.
 
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence (one DP row, O(len(a) * len(b)) time).
-
-    >>> lcs_length("a b c d".split(), "a c d e".split())
-    3
-    """
-    if len(a) < len(b):
-        a, b = b, a
-    row = [0] * (len(b) + 1)
-    for x in a:
-        prev_diag = 0  # row[j-1] of the previous row
-        for j, y in enumerate(b, 1):
-            prev_diag, row[j] = row[j], prev_diag + 1 if x == y else max(row[j], row[j - 1])
-    return row[-1]
-
-
-def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F-measure (beta = 1) of two texts: 2PR / (P + R) with P = LCS/|a|, R = LCS/|b|. Symmetric.
-
-    Two empty texts are identical (1.0); one empty text shares nothing (0.0).
-
-    >>> rouge_l("The cat sat on the mat", "the cat sat on the mat")
+    >>> similarity("The cats sat on the mat.", "the cat sat on the mat")
     1.0
-    >>> round(rouge_l("a b c d", "a c d e"), 4)
+    >>> round(similarity("a b c d", "a c d e"), 4)
     0.75
-    >>> rouge_l("", ""), rouge_l("x", "")
-    (1.0, 0.0)
+    >>> similarity("", " "), similarity("...", ""), similarity("x", "")
+    (1.0, 1.0, 0.0)
     """
-    ta, tb = tokens(a), tokens(b)
-    if not ta or not tb:
-        return float(not ta and not tb)
-    lcs = lcs_length(ta, tb)
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(ta), lcs / len(tb)
-    return 2 * p * r / (p + r)
+    if not _WORD.search(a) and not _WORD.search(b):
+        return 1.0
+    return rouge_l(a, b)
 
 
 def most_similar_pair(texts: list[str]) -> tuple[float, tuple[int, int] | None]:
-    """(highest pairwise ROUGE-L, the first pair (i < j) reaching it); (0.0, None) for fewer than two texts.
+    """(highest pairwise `similarity`, the first pair (i < j) reaching it); (0.0, None) for fewer than two texts.
 
     >>> most_similar_pair(["a b", "c d", "a b e"])
     (0.8, (0, 2))
@@ -96,7 +79,7 @@ def most_similar_pair(texts: list[str]) -> tuple[float, tuple[int, int] | None]:
     best, pair = 0.0, None
     for i in range(len(texts)):
         for j in range(i + 1, len(texts)):
-            score = rouge_l(texts[i], texts[j])
+            score = similarity(texts[i], texts[j])
             if pair is None or score > best:
                 best, pair = score, (i, j)
     return best, pair
@@ -118,18 +101,15 @@ def item_seed(seed: int, rec_id: str) -> int:
 def draw_candidates(llm: LLM, prompt: str, cfg: CandidatesConfig, base_seed: int) -> dict:
     """N candidates for one prompt, with Tuna's near-duplicate resampling; the dict records how it went.
 
-    Draw j uses seed base+j; resample r (1-based) uses seed base+n+r-1 and temperature + 0.1*r, so no two draws
-    of an instruction share a seed and each retry samples a little wider.
+    The first N draws are one request (`LLM.complete_samples`: seeds base..base+N-1, decoded together over one
+    evaluation of the prompt). Resample r (1-based) is a one-sample request with seed base+n+r-1 at temperature
+    + 0.1*r, so no two draws of an instruction share a seed and each retry samples a little wider.
     """
-
-    def draw(seed: int, temperature: float) -> str:
-        req = Request(prompt=prompt, max_tokens=cfg.max_tokens, temperature=temperature, top_p=cfg.top_p,
-                      seed=seed, stop=tuple(cfg.stop), repeat_penalty=cfg.repeat_penalty)
-        return llm.complete(req).strip()
-
+    req = Request(prompt=prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                  seed=base_seed, stop=tuple(cfg.stop), repeat_penalty=cfg.repeat_penalty)
     seeds = [base_seed + j for j in range(cfg.n)]
     temps = [cfg.temperature] * cfg.n
-    texts = [draw(s, cfg.temperature) for s in seeds]
+    texts = [t.strip() for t in llm.complete_samples(req, cfg.n)]
     resamples = 0
     score, pair = most_similar_pair(texts)
     while score >= cfg.rouge_threshold and resamples < cfg.max_resamples:
@@ -137,7 +117,8 @@ def draw_candidates(llm: LLM, prompt: str, cfg: CandidatesConfig, base_seed: int
         j = pair[1]  # keep the earlier candidate, redraw the later one
         seeds[j] = base_seed + cfg.n + resamples - 1
         temps[j] = round(cfg.temperature + 0.1 * resamples, 6)
-        texts[j] = draw(seeds[j], temps[j])
+        redraw = dataclasses.replace(req, seed=seeds[j], temperature=temps[j])
+        texts[j] = llm.complete_samples(redraw, 1)[0].strip()
         score, pair = most_similar_pair(texts)
     return {
         "candidates": texts,
