@@ -12,7 +12,8 @@ import click
 
 from teachloop import roles, runlog
 from teachloop.config import load_section, read_params, run_stage
-from teachloop.data import read_jsonl, split_path, write_json, write_jsonl
+from teachloop.data import read_jsonl, split_path, write_jsonl
+from teachloop.llm.client import counts_file
 from teachloop.methods.candidates import CandidatesConfig, build_candidates, sample_records
 
 
@@ -28,12 +29,13 @@ def main(params: str, prepared: Path, adapter: Path, out: Path, counts_path: Pat
     """Sample candidates.n answers for candidates.sample_size training instructions."""
     p = read_params(params)
     cfg = load_section(p, "candidates", CandidatesConfig)
-    with runlog.timed("candidates") as log:
-        llm = roles.student_llm(p, adapter) if cfg.source == "student" else roles.teacher(p)
+    llm = roles.student_llm(p, adapter) if cfg.source == "student" else roles.teacher(p)
+    # The run log names the set (the adapter's dir) so `teachloop times` tells the two candidate stages apart.
+    with runlog.timed(f"candidates@{adapter.name}") as log, counts_file(counts_path, llm) as written:
         records = sample_records(read_jsonl(split_path(prepared, "train")), cfg.sample_size, cfg.seed)
         items, counts = build_candidates(llm, records, cfg)
         write_jsonl(out, items)
-        write_json(counts_path, {**llm.stats.counts(), **counts})
+        written.update(counts)
         log["llm"] = llm.stats.as_dict()
     click.echo(f"candidates: {counts}; llm {llm.stats.as_dict()}")
 
