@@ -97,6 +97,9 @@ def main(params: str, prepared: Path, answers_dir: Path, loglik_dir: Path, headl
               cfg.teacher_model or describe_llm(p.get("teacher"), base),
               cfg.student_model or describe_llm(p.get("student", {}).get("llm"), base))
     answers, loglik = read_answers(answers_dir), read_loglik(loglik_dir)
+    order = list(p.get("evaluate", {}).get("models", {}))  # tables list models as params do: base, SFT, rounds...
+    rank = lambda m: (order.index(m) if m in order else len(order), m)  # noqa: E731
+    answers, loglik = ({m: d[m] for m in sorted(d, key=rank)} for d in (answers, loglik))
     for name in cfg.versus + [cfg.headline_opponent]:
         if name not in answers:
             raise ConfigError(f"report.versus / headline_opponent: no answers for model {name!r}; "
@@ -106,7 +109,7 @@ def main(params: str, prepared: Path, answers_dir: Path, loglik_dir: Path, headl
         answers, reference_index(eval_records(prepared)), loglik, by_comparison,
         p.get("evaluate", {}).get("comparisons", {}), cfg.versus, load_encoder(p.get("embed", {}).get("model") or PACKAGED),
         cfg.n_boot, cfg.seed, cfg.ci, cfg.rouge_margin, cfg.cosine_margin, judge_cfg.get("max_per_set", 0),
-        names=report.model_name)
+        names=report.model_name, set_names=lambda e: report.SET_NAMES.get(e, e))
     write_json(findings_out, report.json_safe(found))
     write_json(headline_out, report.json_safe(findings.headline(found, cfg.headline_opponent)))
     plots = {"reference": reference_plot, "rounds": rounds_plot, "criteria": criteria_plot, "loss": loss_plot}

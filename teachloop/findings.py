@@ -40,10 +40,15 @@ def _excludes_zero(s: dict) -> bool:
     return not math.isnan(lo + hi) and (lo > 0 or hi < 0)
 
 
-def separation_sentences(pairs: dict[str, dict], names) -> list[dict]:
+def intervals_checked(pairs: dict[str, dict]) -> int:
+    """How many paired-difference intervals `separation_sentences` looks at (for the multiple-testing caveat)."""
+    return sum(1 + len(p[f"{k}_diff"]["by_eval_set"]) for p in pairs.values() for k in MEASURES if f"{k}_diff" in p)
+
+
+def separation_sentences(pairs: dict[str, dict], names=str, set_names=str) -> list[dict]:
     """One entry per (comparison, measure, scope) whose paired-difference interval excludes zero.
 
-    Scope is "all" (macro over eval sets) or one eval set. `names(model)` gives a display name.
+    Scope is "all" (macro over eval sets) or one eval set. `names(model)` and `set_names(set)` give display names.
     """
     out = []
     for cmp, p in pairs.items():
@@ -56,7 +61,7 @@ def separation_sentences(pairs: dict[str, dict], names) -> list[dict]:
                 if not _excludes_zero(s):
                     continue
                 better, worse = (p["a"], p["b"]) if s["mean"] > 0 else (p["b"], p["a"])
-                where = "averaged over eval sets" if scope == "all" else f"on {scope}"
+                where = "averaged over eval sets" if scope == "all" else f"on {set_names(scope)}"
                 out.append({"comparison": cmp, "measure": key, "scope": scope, "mean": s["mean"],
                             "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"],
                             "text": f"{names(better)} beats {names(worse)} on {label} {where}: "
@@ -68,7 +73,7 @@ def separation_sentences(pairs: dict[str, dict], names) -> list[dict]:
 def compute(answers: dict[str, list[dict]], references: dict[Key, str], loglik: dict[str, dict[Key, float]],
             judgements: dict[str, list[dict]], comparisons: dict[str, dict], versus: list[str], encoder=None,
             n_boot: int = 1000, seed: int = 0, ci: float = 0.95, rouge_margin: float = 0.02,
-            cosine_margin: float = 0.02, max_per_set: int = 0, names=str) -> dict:
+            cosine_margin: float = 0.02, max_per_set: int = 0, names=str, set_names=str) -> dict:
     """All reference-grounded findings; see the module docstring. `answers[model]` holds every eval set's rows."""
     models = list(dict.fromkeys(list(answers) + list(loglik)))
     rouge = {m: reference.item_rouge(rows, references) for m, rows in answers.items()}
@@ -93,7 +98,8 @@ def compute(answers: dict[str, list[dict]], references: dict[Key, str], loglik: 
             if name in judgements:
                 p["llm_judge_audit"] = audit.audit(judgements[name], records)
         pairs[name] = p
-    return {"models": per_model, "pairs": pairs, "separated": separation_sentences(pairs, names),
+    return {"models": per_model, "pairs": pairs, "separated": separation_sentences(pairs, names, set_names),
+            "intervals_checked": intervals_checked(pairs),
             "n_per_set": {m: {s: v["n"] for s, v in d["ref_loglik"]["by_eval_set"].items()}
                           for m, d in per_model.items() if "ref_loglik" in d}}
 
@@ -130,7 +136,8 @@ def judge_signal(summaries: dict[str, dict]) -> str:
     bias = [s["position_bias_rate"] for s in summaries.values() if not math.isnan(s["position_bias_rate"])]
     wins = [s["win_rate"] + s["loss_rate"] for s in summaries.values() if not math.isnan(s["win_rate"])]
     if bias and min(bias) >= 0.95:
-        return (f"the LLM judge chose by position in {100 * min(bias):.0f}-{100 * max(bias):.0f}% of judgements "
+        span = f"{100 * min(bias):.0f}" + ("" if max(bias) - min(bias) < 0.005 else f"-{100 * max(bias):.0f}")
+        return (f"the LLM judge chose by position in {span}% of judgements "
                 "(both orders picked the same slot), so every verdict is a tie: no signal")
     if wins and max(wins) == 0:
         return "every LLM verdict is a tie: no signal"

@@ -408,6 +408,11 @@ def findings_section(found: dict, cfg: "ReportConfig", plots: dict[str, str]) ->
     quiet = [comparison_label(c) for c in compared if c not in separated_cmps]
     if quiet:
         out += ["", f"No interval excludes zero for: {', '.join(quiet)}."]
+    checked = found.get("intervals_checked", 0)
+    if checked:
+        out += ["", f"{checked} intervals were checked (comparisons x measures x eval sets and averages); at "
+                f"{ci} about {checked * (1 - cfg.ci):.0f} would exclude zero by chance alone, so a single-set "
+                "finding is a lead to re-test, while one that holds on the average and on most sets is not chance."]
     out += ["", "## Per model", "", "ROUGE-L F (stemmed, `rouge-score`, as Tuna scores Super-NaturalInstructions) of "
             "each model's answer to the reference:", "", model_table(found, "rouge_l"), "",
             "Mean token log-likelihood of the reference answer under each model (teacher-forced, the training "
