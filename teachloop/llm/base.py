@@ -21,6 +21,14 @@ SERVERS = ("openai", "vllm", "llamacpp", "generic")
 
 
 @dataclass
+class Price:
+    """What a hosted model charges, for `teachloop plan`'s cost column (never sent anywhere)."""
+
+    input: float = 0.0  # $ per million prompt tokens
+    output: float = 0.0  # $ per million completion tokens
+
+
+@dataclass
 class LLMConfig:
     """Where an LLM lives and how it is run. Secrets never live here: only the *name* of the env var."""
 
@@ -46,6 +54,8 @@ class LLMConfig:
     max_retries: int = 3  # openai: transport retries (429/5xx/timeouts/malformed 200s) with bounded backoff
     # Requests in flight at once (runtime, like n_threads): an API serves many; in-process llama.cpp is forced to 1.
     max_concurrency: int = 1
+    # Planning only (runtime, like n_threads): `teachloop plan` prices this role's tokens; null = no cost shown.
+    price_per_mtok: Price | None = None
 
     def validate(self, where: str) -> None:
         one_of(self.backend, ("llamacpp", "openai", "fake"), f"{where}.backend")
