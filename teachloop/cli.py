@@ -123,14 +123,20 @@ def times(log_path: str | None, since: str) -> None:
 @click.option("--dvc-yaml", default="dvc.yaml", show_default=True, help="The pipeline whose stages are planned.")
 @click.option("--prepared", default=None, type=click.Path(exists=True, file_okay=False),
               help="Read sizes from this prepared dir (default: prepare the data in memory from params).")
-@click.option("--tokenizer", default="models/base/hf/tokenizer.json", show_default=True,
-              help="tokenizer.json to count tokens with; when absent, tokens are estimated as chars/4.")
+@click.option("--tokenizer", default=None,
+              help="tokenizer.json to count tokens with (default: the base stage's HF twin's, if built; "
+                   "'' or absent: tokens are estimated as chars/4).")
 @click.option("--against", default=None, type=click.Path(exists=True, file_okay=False),
               help="A finished run's counts dir: show its first-attempt requests and fail on any mismatch.")
 def plan(params, dvc_yaml, prepared, tokenizer, against) -> None:
     """Before a run: per LLM stage, the requests, server calls, prompt/completion tokens and cost (price_per_mtok)."""
     from . import plan as planning
 
+    if tokenizer is None:
+        import re
+
+        hf = re.search(r"--hf\s+(\S+)", str(_load_yaml(dvc_yaml)["stages"]["base"]["cmd"]))
+        tokenizer = str(Path(hf.group(1)) / "tokenizer.json") if hf else ""
     tokens = planning.Tokens.load(tokenizer)
     rows = planning.plan(read_params(params), dvc_yaml, prepared, tokens)
     actual = None
