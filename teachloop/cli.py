@@ -3,6 +3,7 @@
     teachloop round 3            # dvc repro of round 3's last stage (rounds 1-2 reused if current)
     teachloop set-rounds 5       # declare rounds 1..5 in params.yaml (comments kept)
     teachloop times              # wall seconds per stage run (from the run log, outside DVC)
+    teachloop plan               # LLM requests, tokens and cost per stage of the current params, before a run
     teachloop answer -i "Explain tides." --adapter ADAPTER_DIR --revisions 2   # e.g. the last round's adapter
 """
 from __future__ import annotations
@@ -115,6 +116,44 @@ def times(log_path: str | None, since: str) -> None:
         click.echo(f"{row['finished']}  {row['stage']:<32} {row['seconds']:>8.1f} s{cached}")
         total += row["seconds"]
     click.echo(f"{'total':<53} {total:>8.1f} s over {len(rows)} stage runs")
+
+
+@main.command()
+@click.option("--params", default="params.yaml", show_default=True)
+@click.option("--dvc-yaml", default="dvc.yaml", show_default=True, help="The pipeline whose stages are planned.")
+@click.option("--prepared", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Read sizes from this prepared dir (default: prepare the data in memory from params).")
+@click.option("--tokenizer", default=None,
+              help="tokenizer.json to count tokens with (default: the base stage's HF twin's, if built; "
+                   "'' or absent: tokens are estimated as chars/4).")
+@click.option("--against", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A finished run's counts dir: show its first-attempt requests and fail on any mismatch.")
+def plan(params, dvc_yaml, prepared, tokenizer, against) -> None:
+    """Before a run: per LLM stage, the requests, server calls, prompt/completion tokens and cost (price_per_mtok)."""
+    from . import plan as planning
+
+    if tokenizer is None:
+        import re
+
+        hf = re.search(r"--hf\s+(\S+)", str(_load_yaml(dvc_yaml)["stages"]["base"]["cmd"]))
+        tokenizer = str(Path(hf.group(1)) / "tokenizer.json") if hf else ""
+    tokens = planning.Tokens.load(tokenizer)
+    rows = planning.plan(read_params(params), dvc_yaml, prepared, tokens)
+    actual = None
+    if against:
+        actual = {}
+        for r in rows:
+            path = Path(against) / Path(r.counts).name
+            actual[r.stage] = planning.first_attempts(json.loads(path.read_text())) if path.exists() else None
+    click.echo(planning.table(rows, tokens.how, actual), nl=False)
+    if actual is not None:
+        wrong = [f"{r.stage}: planned {r.requests}, counted {actual[r.stage]}" for r in rows
+                 if actual[r.stage] is not None and actual[r.stage] != r.requests]
+        missing = [r.stage for r in rows if actual[r.stage] is None]
+        if missing:
+            click.echo(f"no counts file in {against} for: {', '.join(missing)}", err=True)
+        if wrong:
+            raise click.ClickException("the plan differs from the finished run: " + "; ".join(wrong))
 
 
 def _read_instructions(instructions: tuple[str, ...], file: str | None) -> list[dict]:

@@ -1,7 +1,8 @@
 """The LLM roles of a run (teacher, judge, student) built from their params sections.
 
-The student generates through llama.cpp with its LoRA adapter in GGUF form; its decoding settings live in
-`student.decode` so every method's answers are produced the same way.
+The student generates through llama.cpp with its LoRA adapter in GGUF form, or through an OpenAI-compatible server
+that serves each adapter under a name (`student.llm.served`); its decoding settings live in `student.decode` so
+every method's answers are produced the same way.
 """
 from __future__ import annotations
 
@@ -36,9 +37,25 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+def served_name(cfg: LLMConfig, adapter_dir: str | Path | None) -> str:
+    """The model name a server serves `adapter_dir` under (`student.llm.served`); no adapter = the base, `model`."""
+    if not adapter_dir:
+        return cfg.model
+    want = Path(adapter_dir).resolve()
+    for directory, name in cfg.served.items():
+        if Path(directory).resolve() == want:
+            return name
+    raise ConfigError(f"student.llm.served names no served model for adapter {adapter_dir}: the openai student "
+                      f"generates through a server that serves each adapter by name; add `{adapter_dir}: NAME` "
+                      f"under student.llm.served (known: {sorted(cfg.served) or 'none'})")
+
+
 def student_llm(params: dict, adapter_dir: str | Path | None) -> LLM:
-    """The student as an LLM: base GGUF + the adapter's GGUF twin (no adapter = the base model)."""
+    """The student as an LLM: base GGUF + the adapter's GGUF twin (no adapter = the base model), or, with
+    backend openai, the server's model named for the adapter in `student.llm.served`."""
     cfg = build(LLMConfig, params["student"]["llm"], "student.llm")
+    if cfg.backend == "openai":
+        return make_llm(cfg.replace(model=served_name(cfg, adapter_dir)), "student")
     if cfg.lora:
         # Each stage names the adapter it generates with; a params value would be silently replaced.
         raise ConfigError("student.llm.lora is set by each stage from its adapter dir (dvc.yaml); "

@@ -21,6 +21,14 @@ SERVERS = ("openai", "vllm", "llamacpp", "generic")
 
 
 @dataclass
+class Price:
+    """What a hosted model charges, for `teachloop plan`'s cost column (never sent anywhere)."""
+
+    input: float = 0.0  # $ per million prompt tokens
+    output: float = 0.0  # $ per million completion tokens
+
+
+@dataclass
 class LLMConfig:
     """Where an LLM lives and how it is run. Secrets never live here: only the *name* of the env var."""
 
@@ -41,11 +49,17 @@ class LLMConfig:
     n_ctx: int = 2048  # context window in tokens
     n_threads: int = 2  # CPU threads for llama.cpp
     n_batch: int = 512  # prompt-processing batch in tokens
+    n_gpu_layers: int = 0  # llamacpp: layers offloaded to a GPU (-1 = all; 0 = CPU only, what this machine has)
     seed: int = 1  # >= 1: llama-cpp-python treats 0 as "random"
     timeout_s: float = 120.0  # openai: per-request timeout
     max_retries: int = 3  # openai: transport retries (429/5xx/timeouts/malformed 200s) with bounded backoff
     # Requests in flight at once (runtime, like n_threads): an API serves many; in-process llama.cpp is forced to 1.
     max_concurrency: int = 1
+    # openai student only: adapter dir -> the name the server serves that adapter under (vLLM --lora-modules
+    # NAME=DIR, llama.cpp server: a config-file model with lora_path); no adapter = `model`, the base.
+    served: dict[str, str] = field(default_factory=dict)
+    # Planning only (runtime, like n_threads): `teachloop plan` prices this role's tokens; null = no cost shown.
+    price_per_mtok: Price | None = None
 
     def validate(self, where: str) -> None:
         one_of(self.backend, ("llamacpp", "openai", "fake"), f"{where}.backend")

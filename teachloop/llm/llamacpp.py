@@ -73,6 +73,8 @@ class LlamaCppBackend:
             # Entries made before each request got a fresh state depend on what ran before them; this marker
             # keeps them from being served as if they were answers to their request alone.
             "state": "fresh-per-request",
+            # A GPU's kernels round differently from the CPU's; 0 (CPU) leaves the keys of existing entries as they were.
+            **({"n_gpu_layers": self.cfg.n_gpu_layers} if self.cfg.n_gpu_layers else {}),
         }
 
     def _open(self, logits_all: bool):
@@ -87,6 +89,7 @@ class LlamaCppBackend:
             n_threads=self.cfg.n_threads,
             n_threads_batch=self.cfg.n_threads,
             n_batch=self.cfg.n_batch,
+            n_gpu_layers=self.cfg.n_gpu_layers,
             seed=self.cfg.seed,
             logits_all=logits_all,
             verbose=False,
