@@ -135,3 +135,14 @@ def test_exported_adapter_moves_llama_cpp_like_peft_moves_transformers(student, 
     d_hf, d_lc = hf1[top] - hf0[top], lc1[top] - lc0[top]
     assert np.abs(d_hf).mean() > 0.05  # training did move the distribution
     assert np.corrcoef(d_hf, d_lc)[0, 1] > 0.9
+
+
+def test_an_architecture_llama_cpp_cannot_run_fails_naming_it_and_the_served_way(tmp_path):
+    from teachloop.student.llamacpp_src import ConverterError
+    from teachloop.student.twins import hf_to_gguf
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"],
+                                                      "model_type": "no_such_model"}))
+    with pytest.raises(ConverterError) as err:
+        hf_to_gguf(tmp_path, tmp_path / "model.gguf")
+    assert "NoSuchModelForCausalLM" in str(err.value) and "student.llm.backend: openai" in str(err.value)
