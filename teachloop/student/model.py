@@ -1,8 +1,5 @@
-"""Load the student (base HF weights + optional LoRA adapter), save adapters, and convert the packaged GGUF.
-
-transformers loads a GGUF only as a dequantised model that refuses `save_pretrained`, so `convert_gguf` copies its
-state dict into a model built from the same config and saves that.
-"""
+"""Load the student (base HF weights + optional LoRA adapter), save adapters with their GGUF twin for llama.cpp,
+and convert a GGUF base into the HF twin the trainer loads (`twins.py` does the conversions)."""
 from __future__ import annotations
 
 import json
@@ -26,25 +23,10 @@ class LoraConfig:
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict:
-    """Write a safetensors HF model + tokenizer dir from a GGUF; returns the conversion settings for the manifest."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The HF twin (plain fp32 safetensors + tokenizer) of a GGUF; see `twins.gguf_to_hf`."""
+    from .twins import gguf_to_hf
 
-    gguf_path = Path(gguf_path).resolve()
-    out_dir = Path(out_dir)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
-    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
-    # Tied output embeddings are the one allowed gap: they are re-tied from embed_tokens.
-    missing = [k for k in missing if k != "lm_head.weight"]
-    if missing or unexpected:
-        raise RuntimeError(f"GGUF -> HF conversion mismatch: missing={missing} unexpected={unexpected}")
-    fresh.tie_weights()
-    fresh.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return {"dtype": "float32", "architecture": loaded.config.architectures, "n_params": fresh.num_parameters()}
+    return gguf_to_hf(gguf_path, out_dir)
 
 
 def load_tokenizer(base_dir: str | Path):
@@ -75,8 +57,12 @@ def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: 
     return model
 
 
-def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf") -> None:
-    """Save the PEFT adapter dir and its GGUF twin (for fast llama.cpp generation) side by side."""
+def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf", base_dir: str | Path | None = None) -> None:
+    """Save the PEFT adapter dir and its GGUF twin (for fast llama.cpp generation) side by side.
+
+    `base_dir` is the HF model the adapter was trained on (llama.cpp's converter reads its architecture there);
+    by default the dir `load_student` loaded, which PEFT records as `base_model_name_or_path`.
+    """
     from .gguf_lora import export_lora_gguf
 
     out_dir = Path(out_dir)
@@ -90,7 +76,10 @@ def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf") ->
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    export_lora_gguf(out_dir, out_dir / gguf_name)
+    base_dir = base_dir or config.get("base_model_name_or_path")
+    if not base_dir:
+        raise ConfigError(f"save_adapter({out_dir}): the adapter records no base model dir; pass base_dir")
+    export_lora_gguf(out_dir, out_dir / gguf_name, base_dir)
 
 
 def adapter_info(adapter_dir: str | Path) -> dict:
