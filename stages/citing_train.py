@@ -37,7 +37,7 @@ def main(params: str, round_no: int, revisions: Path, rubric_dir: Path, base_dir
         raise click.ClickException(f"round {round_no}: no usable revisions in {revisions} ({counts}); "
                                    f"check the citing_revise stage's failures")
     with runlog.timed(f"citing_train@{round_no}"):
-        summary = train_adapter(base_dir, units, lambda tok: citing.make_loss(tok, None, cfg.max_len), cfg,
+        summary = train_adapter(base_dir, units, lambda tok: citing.make_loss(tok, None, cfg.max_len, cfg.row_tokens), cfg,
                                 out, init_adapter=init_adapter, live_dir=live_dir, desc=f"citing round {round_no}",
                                 lora_key="citing.train.lora")
     write_json(out / "train_summary.json", {**summary, **counts})

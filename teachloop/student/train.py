@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from ..config import ConfigError
+from .logprobs import ROW_TOKENS
 from .model import LoraConfig
 
 
@@ -26,12 +28,17 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 4  # units per optimiser step
     max_len: int = 256  # tokens per sequence, prompt cut from the left
+    row_tokens: int = ROW_TOKENS  # a step's sequences are packed into rows of ~this many tokens (0 = padded rows)
     warmup_ratio: float = 0.1  # linear warm-up fraction, then cosine decay to 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 7
     threads: int = 2  # torch CPU threads while training (2 = this machine's cores; 0 = torch's own default)
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self, where: str) -> None:
+        if self.row_tokens < 0:
+            raise ConfigError(f"{where}.row_tokens must be >= 0 (0 = one padded row per sequence), got {self.row_tokens}")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
