@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
+from teachloop.config import ConfigError, build
 from teachloop.methods import dpo, sft, tuna
 from teachloop.methods.common import score_candidates
 from teachloop.student.logprobs import IGNORE, collate, encode, pack, pack_rows, padding_ratio, response_logprobs
@@ -121,10 +122,17 @@ def test_packed_training_repeats_bit_for_bit():
     units = [{"prompt": u["prompt"], "candidates": u["candidates"]} for u in UNITS_TUNA] * 2
     runs = []
     for _ in range(2):
-        model = tiny_model()
-        summary = train(model, units, tuna.make_loss(ByteTokenizer(), tuna.Config(), MAX_LEN, ROWS), cfg)
+        model, times = tiny_model(), {}
+        summary = train(model, units, tuna.make_loss(ByteTokenizer(), tuna.Config(), MAX_LEN, ROWS), cfg, times=times)
         runs.append((summary, {n: p.detach().clone() for n, p in model.named_parameters()}))
+        assert times["startup_s"] > 0 and "startup_s" not in summary  # run-dependent: the run log, not the summary
     (s1, w1), (s2, w2) = runs
     assert s1 == s2 and s1["steps"] == 4
     assert all(torch.equal(w1[n], w2[n]) for n in w1)
     assert any(not torch.equal(w1[n], tiny_model().state_dict()[n]) for n in w1)  # it did train
+
+
+def test_row_tokens_must_not_be_negative():
+    assert build(TrainConfig, {"row_tokens": 0}, "sft.train").row_tokens == 0
+    with pytest.raises(ConfigError, match="row_tokens"):
+        build(TrainConfig, {"row_tokens": -1}, "sft.train")
