@@ -1,6 +1,6 @@
 """Benchmark the student's training on the default SFT data against TRL's `SFTTrainer`, in one session:
 
-1. training tokens/s (real tokens: prompt + response, no padding) of the project's loop, packed and padded, and of
+1. training tokens/s (real tokens: prompt + response, no padding; median per step) of the project's loop, packed and padded, and of
    TRL `SFTTrainer` on the same units, LoRA, learning rate, batch size and max length (fp32, the same threads);
 2. padded / real tokens per step over one epoch of the default SFT data, in the project's step order;
 3. seconds from process start to the first training step of the real `stages/sft.py`, and what they are made of.
@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import click
 import torch
@@ -83,7 +84,8 @@ def padding_per_step(tok, units: list[dict], cfg) -> dict:
 
 
 def project_tokens_per_s(base: Path, units: list[dict], cfg, steps: int, row_tokens: int) -> float:
-    """Real tokens/s of `train` over steps 2..steps+1 (the first step warms up), fresh LoRA as the sft stage."""
+    """Median real tokens/s per step of `train` over steps 2..steps+1 (the first warms up), a fresh LoRA as the
+    sft stage trains. The median, because other processes on a shared machine stretch single steps."""
     from dataclasses import replace
 
     from teachloop.methods import sft
@@ -103,13 +105,12 @@ def project_tokens_per_s(base: Path, units: list[dict], cfg, steps: int, row_tok
 
     train(model, units, timed_loss, cfg, desc=f"project rows={row_tokens}")
     # step k's time = start of step k+1 - start of step k; the last step only marks the end of the one before
-    tokens = sum(n for _, n in marks[1:-1])
-    return tokens / (marks[-1][0] - marks[1][0])
+    return median(n / (marks[k + 1][0] - t) for k, (t, n) in enumerate(marks[:-1]) if k >= 1)
 
 
 def trl_tokens_per_s(base: Path, units: list[dict], cfg, steps: int, gradient_checkpointing: bool) -> float | None:
-    """Real tokens/s of TRL `SFTTrainer` (prompt-completion data: loss on the completion, as ours) over steps
-    2..steps+1, from the `num_tokens` it logs (attention-mask tokens) and the times its callbacks see."""
+    """Median real tokens/s per step of TRL `SFTTrainer` (prompt-completion data: loss on the completion, as
+    ours) over steps 2..steps+1, from the `num_tokens` it logs (attention-mask tokens) and its callbacks' times."""
     try:
         from datasets import Dataset
         from peft import LoraConfig
@@ -150,8 +151,8 @@ def trl_tokens_per_s(base: Path, units: list[dict], cfg, steps: int, gradient_ch
                                                     task_type="CAUSAL_LM"),
                              callbacks=[Clock()])
         trainer.train()
-    marks = Clock.marks
-    return (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
+    marks = Clock.marks  # one per step, after it: the first one closes the warm-up step
+    return median((n - n0) / (t - t0) for (t0, n0), (t, n) in zip(marks, marks[1:]))
 
 
 def startup(params_path: Path, params: dict, records: list[dict], base: Path) -> tuple[float, dict]:

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 from teachloop.config import ConfigError, build
 from teachloop.methods import dpo, sft, tuna
 from teachloop.methods.common import score_candidates
-from teachloop.student.logprobs import IGNORE, collate, encode, pack, pack_rows, padding_ratio, response_logprobs
+from teachloop.student.logprobs import IGNORE, MAX_PADDING, collate, encode, pack, pack_rows, padding_ratio, response_logprobs
 from teachloop.student.model import LoraConfig
 from teachloop.student.train import TrainConfig, train
 
@@ -94,9 +94,20 @@ def test_pack_layout_keeps_every_token_once_and_cuts_padding():
         assert packed["position_ids"][at].tolist() == list(range(len(ids)))
     assert int((packed["seq"] < 0).sum()) == packed["seq"].numel() - sum(len(ids) for ids, _ in encoded)
     assert padding_ratio(packed) < padding_ratio(padded)
+    assert padding_ratio(packed) <= MAX_PADDING
     assert padding_ratio(pack(encoded, 0, 10_000)) == 1.0  # one row: no padding at all
     # deterministic: the layout is a function of the lengths only
     assert pack_rows([len(ids) for ids, _ in encoded], ROWS) == pack_rows([len(ids) for ids, _ in encoded], ROWS)
+
+
+def test_pack_rows_places_each_sequence_once_within_the_padding_bound():
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(300):
+        lengths = torch.randint(1, 257, (int(torch.randint(1, 20, (1,), generator=gen)),), generator=gen).tolist()
+        rows = pack_rows(lengths, 512)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        assert len(rows) * width <= MAX_PADDING * sum(lengths)
 
 
 def test_pack_refuses_a_sequence_that_starts_scored():

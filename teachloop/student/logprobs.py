@@ -15,6 +15,8 @@ IGNORE = -100
 # Packed row width, in tokens. Attention inside a packed row costs row_tokens**2 however the block-diagonal mask
 # splits it, so rows stay a few sequences wide; 512 is also Gemma 3's sliding window, so a sequence never exceeds it.
 ROW_TOKENS = 512
+# Positions computed per real token that a packed step may reach before its rows are made fewer and wider.
+MAX_PADDING = 1.1
 
 
 def encode(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
@@ -48,19 +50,9 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "seq": seq}
 
 
-def pack_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
-    """Sequence indices per row: ceil(total / row_tokens) rows, longest sequence first into the emptiest row.
-
-    Balancing a fixed number of rows (rather than filling rows up to a width) keeps the last row from being half
-    padding; rows come out near total / rows tokens wide, a little over `row_tokens` at most by one sequence.
-    Ties go to the lower index, so the layout is a pure function of the lengths.
-
-    >>> pack_rows([5, 3, 4, 2], 7)
-    [[0, 3], [2, 1]]
-    >>> pack_rows([9, 1], 100)
-    [[0, 1]]
-    """
-    n_rows = min(len(lengths), max(1, -(-sum(lengths) // row_tokens)))
+def _balanced(lengths: list[int], n_rows: int) -> list[list[int]]:
+    """Longest sequence first into the emptiest row; ties go to the lower index, so the result is a pure function
+    of the lengths."""
     rows: list[list[int]] = [[] for _ in range(n_rows)]
     load = [0] * n_rows
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -70,8 +62,33 @@ def pack_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
     return rows
 
 
+def pack_rows(lengths: list[int], row_tokens: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Sequence indices per row: ceil(total / row_tokens) balanced rows, fewer (wider) ones while the step would
+    compute more than `max_padding` positions per real token.
+
+    Balancing a fixed number of rows (rather than filling rows up to a width) keeps the last row from being mostly
+    padding; one row has none at all, so the padding bound always holds.
+
+    >>> pack_rows([5, 3, 4, 2], 7)
+    [[0, 3], [2, 1]]
+    >>> pack_rows([9, 1], 100)
+    [[0, 1]]
+    >>> pack_rows([9, 2], 5)  # two rows would be 18 positions for 11 tokens
+    [[0, 1]]
+    """
+    total = sum(lengths)
+    n_rows = min(len(lengths), max(1, -(-total // row_tokens)))
+    while True:
+        rows = _balanced(lengths, n_rows)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        if n_rows == 1 or n_rows * width <= max_padding * total:
+            return rows
+        n_rows -= 1
+
+
 def pack(pairs: list[tuple[list[int], list[int]]], pad_id: int, row_tokens: int) -> dict[str, torch.Tensor]:
-    """Sequences end to end in about `row_tokens`-wide rows (`pack_rows`), positions restarting at 0 per sequence, no attention mask.
+    """Sequences end to end in rows of about `row_tokens` (`pack_rows`), positions restarting at 0 per sequence,
+    and no attention mask.
 
     transformers reads a packed batch from `position_ids` when no attention mask is given: a position that does
     not follow its neighbour starts a new block of the causal mask. The padding at a row's end counts up from 0

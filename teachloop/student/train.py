@@ -39,7 +39,8 @@ class TrainConfig:
 
     def validate(self, where: str) -> None:
         if self.row_tokens < 0:
-            raise ConfigError(f"{where}.row_tokens must be >= 0 (0 = one padded row per sequence), got {self.row_tokens}")
+            raise ConfigError(f"{where}.row_tokens must be >= 0 (0 = one padded row per sequence), "
+                              f"got {self.row_tokens}")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
