@@ -36,10 +36,10 @@ def main(params: str, round_no: int, revisions: Path, rubric_dir: Path, base_dir
     if not units:
         raise click.ClickException(f"round {round_no}: no usable revisions in {revisions} ({counts}); "
                                    f"check the citing_revise stage's failures")
-    with runlog.timed(f"citing_train@{round_no}"):
-        summary = train_adapter(base_dir, units, lambda tok: citing.make_loss(tok, None, cfg.max_len), cfg,
+    with runlog.timed(f"citing_train@{round_no}") as times:
+        summary = train_adapter(base_dir, units, lambda tok: citing.make_loss(tok, None, cfg.max_len, cfg.row_tokens), cfg,
                                 out, init_adapter=init_adapter, live_dir=live_dir, desc=f"citing round {round_no}",
-                                lora_key="citing.train.lora")
+                                lora_key="citing.train.lora", times=times)
     write_json(out / "train_summary.json", {**summary, **counts})
     click.echo(f"round {round_no}: {counts}")
 

@@ -28,9 +28,9 @@ def main(params: str, prepared: Path, base_dir: Path, out: Path, live_dir: Path)
     """Fine-tune a fresh LoRA on (Alpaca prompt -> reference output) pairs."""
     cfg = load_section(read_params(params), "sft", sft.Config)
     units, counts = sft.build_units(read_jsonl(split_path(prepared, "train")) + read_jsonl(split_path(prepared, "val")), cfg)
-    with runlog.timed("sft"):
-        summary = train_adapter(base_dir, units, lambda tok: sft.make_loss(tok, None, cfg.train.max_len),
-                                cfg.train, out, live_dir=live_dir, desc="sft", lora_key="sft.train.lora")
+    with runlog.timed("sft") as times:
+        summary = train_adapter(base_dir, units, lambda tok: sft.make_loss(tok, None, cfg.train.max_len, cfg.train.row_tokens),
+                                cfg.train, out, live_dir=live_dir, desc="sft", lora_key="sft.train.lora", times=times)
     write_json(out / "train_summary.json", {**summary, **counts})
     click.echo(f"sft: {summary['units']} examples ({counts['skipped_empty']} empty skipped), {summary['steps']} steps")
 

@@ -10,7 +10,7 @@ import torch
 
 from teachloop.config import ConfigError
 from teachloop.methods.sft import make_loss as sft_loss_fn
-from teachloop.student.logprobs import IGNORE, collate, encode, response_logprobs
+from teachloop.student.logprobs import IGNORE, collate, encode, pack, response_logprobs
 from teachloop.student.model import LoraConfig, check_lora_matches, load_student, load_tokenizer, save_adapter
 from teachloop.student.train import TrainConfig, train
 
@@ -53,6 +53,25 @@ def test_response_logprobs_match_a_full_forward_pass(base_model_dir, tok):
         mask = labels != IGNORE
         ref = (lp.gather(2, labels.clamp(min=0).unsqueeze(2)).squeeze(2) * mask).sum(1)
     assert torch.allclose(sums, ref, atol=1e-3) and counts.tolist() == mask.sum(1).tolist()
+    # the same sequences packed into one row: the block-diagonal mask keeps them apart in the real Gemma too
+    packed = pack([encode(tok, u["prompt"], u["response"], 64) for u in UNITS], tok.pad_token_id, 1000)
+    assert len(packed["input_ids"]) == 1
+    with torch.no_grad():
+        packed_sums, packed_counts = response_logprobs(model, packed)
+    assert torch.allclose(packed_sums, sums, atol=1e-4) and torch.equal(packed_counts, counts)
+
+
+@pytest.mark.slow
+def test_fast_tokenizer_load_encodes_like_autotokenizer(base_model_dir, tok):
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(str(base_model_dir))
+    texts = [UNITS[0]["prompt"], "  two leading spaces\n\nand  doubles", "Ünïcödé — “quotes”\ttab", "<eos> in text",
+             "<start_of_turn>user\nhi<end_of_turn>"]
+    for text in texts:
+        assert tok(text, add_special_tokens=False)["input_ids"] == auto(text, add_special_tokens=False)["input_ids"]
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (auto.bos_token_id, auto.eos_token_id,
+                                                                      auto.pad_token_id)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from .. import prompts
 from ..llm import LLM, ParseError, Request
 from ..student.prompting import input_block, record_prompt, revise_prompt
 from . import sft
+from ..student.logprobs import ROW_TOKENS
 from .common import LossFn, is_empty
 
 
@@ -105,9 +106,9 @@ def build_units(rows: list[dict], categories: list[dict]) -> tuple[list[dict], d
                    "skipped_empty_revisions": len(rows) - len(units) - failed}
 
 
-def make_loss(tokenizer, cfg=None, max_len: int = 384) -> LossFn:
+def make_loss(tokenizer, cfg=None, max_len: int = 384, row_tokens: int = ROW_TOKENS) -> LossFn:
     """CITING learns its revisions with plain SFT."""
-    return sft.make_loss(tokenizer, cfg, max_len)
+    return sft.make_loss(tokenizer, cfg, max_len, row_tokens)
 
 
 def answer_with_rubric(student: LLM, rec: dict, rubric: str, decode, revisions: int) -> dict:

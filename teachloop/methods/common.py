@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ..student.logprobs import collate, encode, response_logprobs
+from ..student.logprobs import ROW_TOKENS, encode, layout, response_logprobs
 
 LossFn = Callable[[object, list], tuple[torch.Tensor, dict]]
 
@@ -46,10 +46,15 @@ def best_index(rewards: torch.Tensor, valid: torch.Tensor | None = None) -> torc
     return rewards.masked_fill(~valid, -math.inf).argmax(dim=1)
 
 
-def score_pairs(model, tokenizer, pairs: list[tuple[str, str]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of response log-probs [M], response token counts [M]) for (prompt, response) pairs, one forward."""
+def score_pairs(model, tokenizer, pairs: list[tuple[str, str]], max_len: int,
+                row_tokens: int = ROW_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of response log-probs [M], response token counts [M]) for (prompt, response) pairs, one forward.
+
+    The pairs are packed into rows of about `row_tokens` tokens (0: one padded row each); either layout gives the
+    same scores, so a loss built on them does not depend on it.
+    """
     encoded = [encode(tokenizer, prompt, response, max_len) for prompt, response in pairs]
-    return response_logprobs(model, collate(encoded, tokenizer.pad_token_id))
+    return response_logprobs(model, layout(encoded, tokenizer.pad_token_id, row_tokens))
 
 
 def grid(flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -59,12 +64,13 @@ def grid(flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return flat.new_zeros(len(sizes) * width).index_copy(0, index, flat).view(len(sizes), width)
 
 
-def score_candidates(model, tokenizer, units: list[dict], max_len: int):
+def score_candidates(model, tokenizer, units: list[dict], max_len: int, row_tokens: int = ROW_TOKENS):
     """(sums, counts, valid), each [B, N]: every unit's candidates scored in a single forward pass."""
     sizes = [len(u["candidates"]) for u in units]
     if min(sizes) < 1:
         raise ValueError("a unit has no candidates")
-    sums, counts = score_pairs(model, tokenizer, [(u["prompt"], c) for u in units for c in u["candidates"]], max_len)
+    sums, counts = score_pairs(model, tokenizer, [(u["prompt"], c) for u in units for c in u["candidates"]], max_len,
+                                row_tokens)
     valid = grid(torch.ones(len(sums)), sizes).bool()
     return grid(sums, sizes), grid(counts, sizes), valid
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..student.logprobs import ROW_TOKENS
 from ..student.prompting import record_prompt
 from .common import LossFn, is_empty, num, ranked_ok, ranked_texts, score_pairs
 
@@ -90,12 +91,12 @@ def build_units(rows: list[dict], cfg: Config, train_records: list[dict] = ()) -
     return units_from_ranked(rows)
 
 
-def make_loss(tokenizer, cfg: Config, max_len: int) -> LossFn:
+def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS) -> LossFn:
     """loss_fn(model, units): DPO on summed response log-probs; the reference's come precomputed in each unit."""
 
     def loss_fn(model, units):
         pairs = [(u["prompt"], u["chosen"]) for u in units] + [(u["prompt"], u["rejected"]) for u in units]
-        sums, counts = score_pairs(model, tokenizer, pairs, max_len)
+        sums, counts = score_pairs(model, tokenizer, pairs, max_len, row_tokens)
         chosen, rejected = sums[: len(units)], sums[len(units):]
         ref_chosen = torch.tensor([u["ref_chosen"] for u in units], dtype=sums.dtype)
         ref_rejected = torch.tensor([u["ref_rejected"] for u in units], dtype=sums.dtype)
@@ -106,7 +107,8 @@ def make_loss(tokenizer, cfg: Config, max_len: int) -> LossFn:
 
 
 @torch.no_grad()
-def add_reference_logprobs(model, tokenizer, units: list[dict], max_len: int, batch_size: int = 8) -> list[dict]:
+def add_reference_logprobs(model, tokenizer, units: list[dict], max_len: int, batch_size: int = 8,
+                           row_tokens: int = ROW_TOKENS) -> list[dict]:
     """Set `ref_chosen`/`ref_rejected` on each unit, in place (and return the list): summed log-probs under `model`
     as it is now, so call it before training.
 
@@ -120,7 +122,7 @@ def add_reference_logprobs(model, tokenizer, units: list[dict], max_len: int, ba
         for i in range(0, len(units), batch_size):
             chunk = units[i : i + batch_size]
             pairs = [(u["prompt"], u["chosen"]) for u in chunk] + [(u["prompt"], u["rejected"]) for u in chunk]
-            sums, _ = score_pairs(model, tokenizer, pairs, max_len)
+            sums, _ = score_pairs(model, tokenizer, pairs, max_len, row_tokens)
             for j, u in enumerate(chunk):
                 u["ref_chosen"], u["ref_rejected"] = float(sums[j]), float(sums[len(chunk) + j])
     finally:
@@ -128,6 +130,6 @@ def add_reference_logprobs(model, tokenizer, units: list[dict], max_len: int, ba
     return units
 
 
-def before(model, tokenizer, units: list[dict], max_len: int) -> None:
+def before(model, tokenizer, units: list[dict], max_len: int, row_tokens: int = ROW_TOKENS) -> None:
     """Runs once before training: the reference log-probs under the starting weights."""
-    add_reference_logprobs(model, tokenizer, units, max_len)
+    add_reference_logprobs(model, tokenizer, units, max_len, row_tokens=row_tokens)

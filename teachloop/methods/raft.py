@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..config import ConfigError, one_of
 from . import sft
+from ..student.logprobs import ROW_TOKENS
 from .common import LossFn, is_empty, ranked_ok, rewards_from
 
 
@@ -82,6 +83,6 @@ def build_units(items: list[dict], cfg: Config, train_records: list[dict] = ()) 
                    "mean_reward_all": sum(known) / max(1, len(known))}
 
 
-def make_loss(tokenizer, cfg: Config, max_len: int) -> LossFn:
+def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS) -> LossFn:
     """RAFT's update is plain SFT on the kept samples."""
-    return sft.make_loss(tokenizer, None, max_len)
+    return sft.make_loss(tokenizer, None, max_len, row_tokens)

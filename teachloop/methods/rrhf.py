@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, one_of
 from .common import (LossFn, best_index, is_empty, length_normalised, num, ranked_ok, rewards_from,
                      score_candidates, valid_mask)
+from ..student.logprobs import ROW_TOKENS
 
 
 @dataclass
@@ -69,11 +70,11 @@ def build_units(items: list[dict], cfg: Config, train_records: list[dict] = ()) 
                    "units_skipped_empty": skipped}
 
 
-def make_loss(tokenizer, cfg: Config, max_len: int) -> LossFn:
+def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS) -> LossFn:
     """loss_fn(model, units): rrhf_weight * pairwise hinge + token-mean NLL of each unit's best answer."""
 
     def loss_fn(model, units):
-        sums, counts, valid = score_candidates(model, tokenizer, units, max_len)
+        sums, counts, valid = score_candidates(model, tokenizer, units, max_len, row_tokens)
         width = sums.shape[1]
         rewards = torch.tensor([u["rewards"] + [0.0] * (width - len(u["rewards"])) for u in units],
                                dtype=sums.dtype)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..student.prompting import record_prompt
 from ..student.train import TrainConfig
+from ..student.logprobs import ROW_TOKENS
 from .common import LossFn, is_empty, score_pairs, token_nll
 
 
@@ -37,11 +38,12 @@ def build_units(records: list[dict], cfg: Config) -> tuple[list[dict], dict]:
     return units, {"units": len(units), "skipped_empty": len(records) - len(units)}
 
 
-def make_loss(tokenizer, cfg=None, max_len: int = 256) -> LossFn:
+def make_loss(tokenizer, cfg=None, max_len: int = 256, row_tokens: int = ROW_TOKENS) -> LossFn:
     """loss_fn(model, units): token-mean NLL over every unit's response tokens (`cfg` unused: SFT has no knob)."""
 
     def loss_fn(model, units):
-        sums, counts = score_pairs(model, tokenizer, [(u["prompt"], u["response"]) for u in units], max_len)
+        sums, counts = score_pairs(model, tokenizer, [(u["prompt"], u["response"]) for u in units], max_len,
+                                   row_tokens)
         return token_nll(sums, counts), {"tokens": int(counts.sum())}
 
     return loss_fn

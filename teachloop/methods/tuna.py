@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, one_of
 from .common import (LossFn, length_normalised, num, ranked_ok, ranked_texts, score_candidates, token_nll,
                      valid_mask)
+from ..student.logprobs import ROW_TOKENS
 from .sft import record_units
 
 
@@ -110,12 +111,12 @@ def build_units(items: list[dict], cfg: Config, train_records: list[dict] = ()) 
                    "units_mle_only": mle_only, "units_skipped_empty": skipped}
 
 
-def make_loss(tokenizer, cfg: Config, max_len: int) -> LossFn:
+def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS) -> LossFn:
     """loss_fn(model, units): mle_weight * NLL + the gap-margin ranking loss over candidates ordered best..worst."""
     lc = cfg.loss
 
     def loss_fn(model, units):
-        sums, counts, valid = score_candidates(model, tokenizer, units, max_len)
+        sums, counts, valid = score_candidates(model, tokenizer, units, max_len, row_tokens)
         total, logs = loss(sums, counts, margin=lc.margin, mle_weight=lc.mle_weight, mle_on=lc.mle_on,
                            length_penalty=lc.length_penalty, valid=valid)
         return total, {"tokens": int(counts[valid].sum()), **logs}

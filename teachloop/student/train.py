@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from ..config import ConfigError
+from .logprobs import ROW_TOKENS
 from .model import LoraConfig
 
 
@@ -26,12 +29,18 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 4  # units per optimiser step
     max_len: int = 256  # tokens per sequence, prompt cut from the left
+    row_tokens: int = ROW_TOKENS  # a step's sequences are packed into rows of ~this many tokens (0 = padded rows)
     warmup_ratio: float = 0.1  # linear warm-up fraction, then cosine decay to 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 7
     threads: int = 2  # torch CPU threads while training (2 = this machine's cores; 0 = torch's own default)
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self, where: str) -> None:
+        if self.row_tokens < 0:
+            raise ConfigError(f"{where}.row_tokens must be >= 0 (0 = one padded row per sequence), "
+                              f"got {self.row_tokens}")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -70,9 +79,19 @@ def _open_live(live_dir: str | Path | None):
     return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
 
 
+def seconds_since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
 def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str | Path | None = None,
-          desc: str = "train") -> dict:
-    """Run `cfg.epochs` over `units`; returns a summary (steps, units, the last step's values)."""
+          desc: str = "train", times: dict | None = None) -> dict:
+    """Run `cfg.epochs` over `units`; returns a summary (steps, units, the last step's values).
+
+    `times`, when given, gets `startup_s`: seconds from process start to the first step (imports, loading, the
+    adapter), the fixed cost of a training stage. It is run-dependent, so it goes to the run log, not the summary.
+    """
     if not units:
         raise ValueError(f"{desc}: no training units; check the method's data stage output")
     live = _open_live(live_dir)
@@ -89,6 +108,8 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
                 order = list(units)
                 rng.shuffle(order)
                 for i in range(0, len(order), cfg.batch_size):
+                    if step == 0 and times is not None:
+                        times["startup_s"] = round(seconds_since_process_start(), 2)
                     lr = lr_at(step, total, cfg)
                     for group in opt.param_groups:
                         group["lr"] = lr
@@ -116,12 +137,14 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
 
 def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: TrainConfig, out_dir: str | Path,
                   init_adapter: str | Path | None = None, live_dir: str | Path | None = None,
-                  desc: str = "train", before: Callable | None = None, lora_key: str = "lora") -> dict:
+                  desc: str = "train", before: Callable | None = None, lora_key: str = "lora",
+                  times: dict | None = None) -> dict:
     """Load the student (continuing `init_adapter`, or a fresh LoRA), train on `units`, save PEFT dir + GGUF twin.
 
     `make_loss(tokenizer) -> loss_fn`; `before(model, tokenizer, units)` runs once before training (e.g. DPO's
     reference log-probs, computed with the starting weights). A continued adapter keeps its own LoRA shape, so
-    `cfg.lora` must match it (`lora_key` names where those settings live, for the error message).
+    `cfg.lora` must match it (`lora_key` names where those settings live, for the error message). `times`: see
+    `train`.
     """
     from .model import check_lora_matches, load_student, load_tokenizer, save_adapter
 
@@ -133,7 +156,7 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
     if before is not None:
         with deterministic(cfg.threads):
             before(model, tokenizer, units)
-    summary = train(model, units, make_loss(tokenizer), cfg, live_dir=live_dir, desc=desc)
+    summary = train(model, units, make_loss(tokenizer), cfg, live_dir=live_dir, desc=desc, times=times)
     save_adapter(model, out_dir)
     return {**summary, "init_adapter": str(init_adapter or ""), "trainable_params": sum(
         p.numel() for p in model.parameters() if p.requires_grad)}
