@@ -46,8 +46,13 @@ rounds: $(STAMP)  ## declare CITING rounds 1..R in params.yaml: make rounds R=5
 report: $(STAMP)  ## re-run judging/report stages that are out of date
 	dvc repro report
 
-bench: $(STAMP)  ## throughput benchmarks (prints ratios against an in-process baseline)
-	$(BIN)/python benchmarks/bench_logprobs.py
+bench: $(STAMP)  ## throughput benchmarks: each ratio against its baseline in the same session, to metrics/bench/
+	$(BIN)/dvc repro base  # every bench runs the packaged model or its HF twin
+	$(BIN)/pip install -q --no-deps -r requirements-bench.txt  # TRL, the training anchor: a bench extra only
+	$(BIN)/python benchmarks/bench_training.py --out metrics/bench/training.json
+	$(BIN)/python benchmarks/bench_candidates.py --gguf models/base/model.gguf --out metrics/bench/candidates.json
+	$(BIN)/python benchmarks/bench_logprobs.py --out metrics/bench/logprobs.json
+	$(BIN)/python benchmarks/bench_concurrency.py --out metrics/bench/concurrency.json
 
 clean-cache:  ## drop the LLM call cache (.cache/llm); the next run repeats every call
 	rm -rf .cache/llm

@@ -4,11 +4,12 @@
 2. judging: the three criteria of one order as one grouped llama.cpp request (`option_probs_many`, the shared
    prompt prefix evaluated once) vs three requests, each from a fresh state as every request now starts.
 
-    python benchmarks/bench_logprobs.py [--base models/base]
-Prints seconds and speed-up ratios; asserts nothing (timings are for people, not tests).
+    python benchmarks/bench_logprobs.py --out FILE [--base models/base]
+Prints seconds and speed-up ratios and writes them to --out; asserts nothing (timings are for people, not tests).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def _time(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench_training(base: Path, repeats: int) -> None:
+def bench_training(base: Path, repeats: int) -> dict:
     from teachloop.student.logprobs import IGNORE, collate, encode, response_logprobs
     from teachloop.student.model import load_student, load_tokenizer
 
@@ -52,9 +53,10 @@ def bench_training(base: Path, repeats: int) -> None:
     print(f"training step, batch 4 x {batch['input_ids'].shape[1]} tokens ({n_tokens} real):")
     print(f"  full-sequence logits : {slow:6.2f} s/step  {n_tokens / slow:7.1f} tok/s")
     print(f"  response-only head   : {fast:6.2f} s/step  {n_tokens / fast:7.1f} tok/s  ratio {slow / fast:.2f}x")
+    return {"full_logits_s": slow, "response_only_s": fast, "tokens": n_tokens, "ratio": slow / fast}
 
 
-def bench_judge(base: Path, repeats: int) -> None:
+def bench_judge(base: Path, repeats: int) -> dict:
     from teachloop.llm import LLMConfig
     from teachloop.llm.llamacpp import LlamaCppBackend
 
@@ -74,15 +76,19 @@ def bench_judge(base: Path, repeats: int) -> None:
     print("judge, 3 criteria sharing a ~250-token prefix:")
     print(f"  3 requests, each from a fresh state    : {slow:6.3f} s")
     print(f"  1 grouped request, prefix reused inside : {fast:6.3f} s  ratio {slow / fast:.2f}x")
+    return {"separate_s": slow, "grouped_s": fast, "ratio": slow / fast}
 
 
 @click.command()
 @click.option("--base", default="models/base", show_default=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--repeats", default=3, show_default=True)
-def main(base: Path, repeats: int) -> None:
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="JSON file to write the figures to.")
+def main(base: Path, repeats: int, out: Path) -> None:
     """Measure and print the speed-ups."""
-    bench_training(base, repeats)
-    bench_judge(base, repeats)
+    figures = {"response_only_head_vs_full_logits": bench_training(base, repeats),
+               "judge_grouped_vs_separate": bench_judge(base, repeats)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -104,11 +104,10 @@ def main(params: str, prepared: Path, answers_dir: Path, loglik_dir: Path, headl
         if name not in answers:
             raise ConfigError(f"report.versus / headline_opponent: no answers for model {name!r}; "
                               f"evaluate.models has {sorted(answers)}")
-    judge_cfg = p.get("judge", {})
     found = findings.compute(
         answers, reference_index(eval_records(prepared)), loglik, by_comparison,
         p.get("evaluate", {}).get("comparisons", {}), cfg.versus, load_encoder(p.get("embed", {}).get("model") or PACKAGED),
-        cfg.n_boot, cfg.seed, cfg.ci, cfg.rouge_margin, cfg.cosine_margin, judge_cfg.get("max_per_set", 0),
+        cfg.n_boot, cfg.seed, cfg.ci, cfg.rouge_margin, cfg.cosine_margin, 0,  # reference judge: every answered item
         names=report.model_name, set_names=lambda e: report.SET_NAMES.get(e, e))
     write_json(findings_out, report.json_safe(found))
     write_json(headline_out, report.json_safe(findings.headline(found, cfg.headline_opponent)))

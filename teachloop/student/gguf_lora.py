@@ -18,7 +18,7 @@ def export_lora_gguf(adapter_dir: str | Path, out_path: str | Path, base_dir: st
     adapter_dir, out_path, base_dir = Path(adapter_dir), Path(out_path), Path(base_dir)
     if not (base_dir / "config.json").is_file():
         raise ConverterError(f"the adapter's base model dir {base_dir} has no config.json; pass the HF twin the "
-                             f"adapter was trained on (models/base/hf)")
+                             f"adapter was trained on (the base stage's --hf dir)")
     saved = json.loads((adapter_dir / "adapter_config.json").read_text())
     if saved.get("modules_to_save"):
         # llama.cpp adapters hold LoRA pairs only; a fully trained module would be dropped without a word.

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "llama.cpp-src"
 # What conversion needs from vendor/llama.cpp: the two scripts, their shared `conversion` package, the gguf writer
 # that matches this llama.cpp, and the vocab-only GGUFs (real tokenizers for tiny test students, no hub).
-WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "models/ggml-vocab-",
+VOCABS = "models"  # the sdist's folder of vocab-only GGUFs (llama.cpp's layout, not one of our outputs)
+WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", f"{VOCABS}/ggml-vocab-",
           "LICENSE")
 DONE = ".complete"
 
@@ -97,8 +98,8 @@ def ensure_converters(cache: Path = CACHE) -> Path:
 
 
 def vocab_gguf(name: str) -> Path:
-    """A vocab-only GGUF shipped with llama.cpp, e.g. vocab_gguf('qwen2') -> .../models/ggml-vocab-qwen2.gguf."""
-    path = ensure_converters() / "models" / f"ggml-vocab-{name}.gguf"
+    """A vocab-only GGUF shipped with llama.cpp, e.g. vocab_gguf('qwen2') -> <VOCABS>/ggml-vocab-qwen2.gguf."""
+    path = ensure_converters() / VOCABS / f"ggml-vocab-{name}.gguf"
     if not path.is_file():
         have = sorted(p.name for p in path.parent.glob("ggml-vocab-*.gguf"))
         raise ConverterError(f"no {path.name} in llama.cpp's models/ (have: {have})")
