@@ -7,14 +7,13 @@ Writes OUT/<eval_set>.jsonl (id, eval_set, instruction, input, answer, model) an
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from teachloop import roles, runlog
 from teachloop.config import ConfigError, load_section, read_params, run_stage
-from teachloop.data import eval_records, write_jsonl
+from teachloop.data import cap_per_set, eval_records, write_jsonl
 from teachloop.llm.client import counts_file
 from teachloop.methods.citing import answer_with_rubric
 from teachloop.rubrics import rubric_lookup
@@ -26,15 +25,6 @@ class AnswerConfig:
     max_per_set: int = 6  # items per eval set (0 = all); the judge's cost grows with this
     seed: int = 17  # which items the cap keeps (same items for every model)
     citing_revisions: int = 1  # CITING at inference: rubric-guided self-revisions after the draft
-
-
-def eval_sets(prepared: Path, cfg: AnswerConfig) -> dict[str, list[dict]]:
-    """The held-out test split plus every extra eval set, each capped to the same seeded subset."""
-    sets = eval_records(prepared)
-    if cfg.max_per_set:
-        sets = {k: random.Random(cfg.seed).sample(sorted(v, key=lambda r: r["id"]), min(cfg.max_per_set, len(v)))
-                for k, v in sets.items()}
-    return sets
 
 
 @click.command()
@@ -62,7 +52,7 @@ def main(params: str, name: str, adapter: Path, mode: str, prepared: Path, rubri
     lookup = rubric_lookup(rubric_dir) if mode == "citing" else {}
     n_answers = n_empty = 0
     with runlog.timed(f"answer@{name}") as extra, counts_file(counts_path, student) as counts:
-        for set_name, rows in eval_sets(prepared, cfg).items():
+        for set_name, rows in cap_per_set(eval_records(prepared), cfg.max_per_set, cfg.seed).items():
             def one(rec: dict, set_name: str = set_name) -> dict:
                 if mode == "citing":
                     got = answer_with_rubric(student, rec, lookup[rec["id"]]["rubric"], decode, cfg.citing_revisions)

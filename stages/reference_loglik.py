@@ -9,7 +9,6 @@ Writes one row per item, in eval-set order: {eval_set, id, loglik}.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import click
 
 from teachloop import roles, runlog
 from teachloop.config import ConfigError, load_section, one_of, read_params, run_stage
-from teachloop.data import eval_records, write_jsonl
+from teachloop.data import cap_per_set, eval_records, write_jsonl
 
 
 @dataclass
@@ -35,15 +34,6 @@ class LoglikConfig:
         one_of(self.dtype, ("bfloat16", "float32"), f"{where}.dtype")
         if self.batch_size < 1 or self.max_len < 8 or self.max_per_set < 0:
             raise ConfigError(f"{where}: need batch_size >= 1, max_len >= 8, max_per_set >= 0")
-
-
-def eval_items(prepared: Path, cap: int, seed: int) -> list[dict]:
-    """Every eval item (test split + extra sets) in id order per set; `cap` keeps a seeded subset per set."""
-    out = []
-    for rows in eval_records(prepared).values():
-        rows = sorted(rows, key=lambda r: r["id"])
-        out += random.Random(seed).sample(rows, min(cap, len(rows))) if cap else rows
-    return out
 
 
 @click.command()
@@ -67,7 +57,7 @@ def main(params: str, name: str, adapter: Path, base_dir: Path, prepared: Path, 
     if not roles.is_adapter_dir(adapter) and adapter.resolve() != base_dir.resolve():
         raise ConfigError(f"--adapter {adapter}: no adapter_config.json there, and it is not the base dir "
                           f"{base_dir}; name a PEFT adapter dir, or the base dir to score the untuned model")
-    items = eval_items(prepared, cfg.max_per_set, cfg.seed)
+    items = [r for rows in cap_per_set(eval_records(prepared), cfg.max_per_set, cfg.seed).values() for r in rows]
     # Length-sorted batches: similar lengths share a batch, so almost no compute goes to padding. Order is
     # restored by writing rows keyed by item, in the original order.
     order = sorted(range(len(items)), key=lambda i: (len(items[i]["instruction"]) + len(items[i].get("input", ""))

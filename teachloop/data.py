@@ -208,3 +208,15 @@ def eval_records(prepared: str | Path) -> dict[str, list[dict]]:
     sets = {"test": read_jsonl(split_path(prepared, "test"))}
     sets.update({name: read_jsonl(path) for name, path in eval_paths(prepared).items()})
     return {name: [{**r, "eval_set": name} for r in rows] for name, rows in sets.items()}
+
+
+def cap_per_set(sets: dict[str, list[dict]], max_per_set: int, seed: int) -> dict[str, list[dict]]:
+    """Each set cut to the same seeded subset of `max_per_set` items (0 = all, in file order).
+
+    Drawn from the items sorted by id, so the subset depends on the set's content, not on its file order; every
+    model that answers (and every planner that counts) gets the same items.
+    """
+    if not max_per_set:
+        return sets
+    return {k: random.Random(seed).sample(sorted(v, key=lambda r: r["id"]), min(max_per_set, len(v)))
+            for k, v in sets.items()}

@@ -15,15 +15,13 @@ and every completion count are upper bounds.
 from __future__ import annotations
 
 import math
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import prompts
 from .config import build, load_section
-from .data import PrepareConfig, eval_records, load_records, read_jsonl, split_path, split_records
-from .embeddings import text_of
+from .data import PrepareConfig, cap_per_set, eval_records, load_records, read_jsonl, split_path, split_records
 from .judge import JudgeConfig, build_prompt
 from .llm import LLMConfig
 from .methods.candidates import CandidatesConfig, sample_records
@@ -89,14 +87,6 @@ def prepared_sets(params: dict, prepared: str | Path | None = None) -> tuple[lis
         rows, _ = load_records([cfg.eval_sets[name]], "skip", cfg.max_chars, overlap=index)
         evals[name] = rows
     return splits["train"], evals
-
-
-def capped_eval_sets(evals: dict[str, list[dict]], max_per_set: int, seed: int) -> dict[str, list[dict]]:
-    """The items the answer stage answers: each set capped to the same seeded subset (stages/answer.py's rule)."""
-    if not max_per_set:
-        return evals
-    return {k: random.Random(seed).sample(sorted(v, key=lambda r: r["id"]), min(max_per_set, len(v)))
-            for k, v in evals.items()}
 
 
 # --- dvc.yaml -----------------------------------------------------------------------------------------------
@@ -241,7 +231,7 @@ def plan(params: dict, dvc_yaml: str | Path = "dvc.yaml", prepared: str | Path |
 
     # answers: every model answers the capped eval sets; CITING mode drafts, then revises with a rubric
     ans = params.get("answer", {})
-    answered = capped_eval_sets(evals, int(ans.get("max_per_set", 0)), int(ans.get("seed", 17)))
+    answered = cap_per_set(evals, int(ans.get("max_per_set", 0)), int(ans.get("seed", 17)))
     revisions = int(ans.get("citing_revisions", 1))
     answer_items = [rec for rows_ in answered.values() for rec in rows_]
     for m, spec in params["evaluate"]["models"].items():

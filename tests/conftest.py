@@ -43,3 +43,20 @@ def base_model_dir(base_dir) -> Path:
 @pytest.fixture(scope="session")
 def base_gguf(base_dir) -> Path:
     return base_dir / "model.gguf"
+
+
+@pytest.fixture(scope="module")
+def adapter(base_model_dir, tmp_path_factory) -> Path:
+    """A LoRA with small random B (so it changes the student's answers), saved as the stages save one; no training."""
+    import torch
+
+    from teachloop.student.model import LoraConfig, load_student, save_adapter
+
+    torch.manual_seed(0)
+    model = load_student(base_model_dir, lora=LoraConfig(r=4, alpha=8, dropout=0.0), trainable=False)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)
+    out = tmp_path_factory.mktemp("adapter") / "sft"
+    save_adapter(model, out)
+    return out

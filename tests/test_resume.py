@@ -31,23 +31,6 @@ RUBRIC = "1. Gives the correct answer. 2. Is clear and short."
 
 
 @pytest.fixture(scope="module")
-def adapter(base_model_dir, tmp_path_factory) -> Path:
-    """A LoRA with small random B (so it changes the student's answers), exported as the stages expect; no training."""
-    import torch
-
-    from teachloop.student.model import LoraConfig, load_student, save_adapter
-
-    torch.manual_seed(0)
-    model = load_student(base_model_dir, lora=LoraConfig(r=4, alpha=8, dropout=0.0), trainable=False)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.02)
-    out = tmp_path_factory.mktemp("adapter") / "ad"
-    save_adapter(model, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def inputs(base_gguf, tmp_path_factory) -> Path:
     """params.yaml (tiny: 2 instructions, n=3, 16 tokens), data/prepared, rubrics and answers to revise."""
     d = tmp_path_factory.mktemp("inputs")
