@@ -111,7 +111,8 @@ def test_every_stage_gives_the_same_bytes_through_faults_and_counts_them(proxy, 
     pf = tmp_path / "params.yaml"
     pf.write_text(yaml.safe_dump(tiny_params(proxy.base_url, adapter)))
     prep, emb = tmp_path / "prepared", tmp_path / "emb"
-    CliRunner().invoke(prepare.main, ["--params", str(pf), "--out", str(prep)], catch_exceptions=False)
+    result = CliRunner().invoke(prepare.main, ["--params", str(pf), "--out", str(prep)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
     rng = np.random.default_rng(0)  # the encoder is not what is tested: random unit vectors per record
     for name, path in {**{s: split_path(prep, s) for s in SPLITS}, **eval_paths(prep)}.items():
         v = rng.normal(size=(len(read_jsonl(path)), 8))
