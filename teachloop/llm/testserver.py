@@ -7,11 +7,13 @@ Strict: a request carrying any field outside the OpenAI API's documented set (re
 request TypedDicts), or more log-probabilities than OpenAI allows, is answered HTTP 400 and recorded in `rejected`.
 Faulty: a seeded fraction of requests meets one of `FAULTS` instead of an answer, tallied in `injected`. Answers
 come from `responder(prompt)`, so replies, token log-probs and top log-probs are functions of the prompt alone.
+`FaultProxy` puts the same faults in front of a real server (`python -m llama_cpp.server`) instead of a responder.
 Not a model and not for production: stdlib `http.server` in a thread.
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import random
 import re
@@ -20,6 +22,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+from urllib.parse import urlsplit
 
 # Named after the `Stats` field each fault shows up in on the client's side.
 FAULTS = ("rate_limited", "server_errors", "malformed", "connection_errors", "timeouts")
@@ -128,6 +131,10 @@ class LocalServer:
                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
                           "total_tokens": len(prompt.split()) + len(text.split())}}
 
+    def reply(self, api: str, body: dict) -> tuple[int, bytes]:
+        """(HTTP status, body) for a request that meets no fault."""
+        return 200, json.dumps(self.answer(api, body)).encode()
+
     def _fault(self) -> str | None:
         with self.lock:
             if self.faults and self.rng.random() < self.faults:
@@ -183,8 +190,10 @@ class LocalServer:
                 if fault == "server_errors":
                     return self._error(500, "The server had an error while processing your request")
                 if fault == "malformed":  # half of them a truncated body, half a proxy's HTML page
-                    if server.rng.random() < 0.5:
-                        return self._send(200, json.dumps(server.answer(api, body)).encode()[:40])
+                    with server.lock:
+                        truncated = server.rng.random() < 0.5
+                    if truncated:
+                        return self._send(200, server.reply(api, body)[1][:40])
                     return self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
                 if fault == "connection_errors":
                     self.close_connection = True
@@ -196,6 +205,45 @@ class LocalServer:
                     time.sleep(server.latency_s)
                 with server.lock:
                     server.requests.append({"path": self.path, **body})
-                self._send(200, json.dumps(server.answer(api, body)).encode())
+                self._send(*server.reply(api, body))
 
         return Handler
+
+
+class FaultProxy(LocalServer):
+    """`LocalServer`'s seeded faults in front of a real OpenAI-compatible server at `upstream` (a /v1 URL).
+
+    A request that meets no fault (or a truncated-200 fault) is forwarded and the server's status and body are
+    passed back; the other faults never reach the server. Requests are forwarded one at a time, as a one-model
+    llama.cpp server answers them anyway. `reset_prompt`: a llama.cpp server reuses the previous prompt's KV prefix,
+    and a prefix computed in another prompt's batch can change a greedy reply; a one-token completion of this
+    prompt (which shares only the BOS token with real prompts) sent before each forwarded request leaves the server
+    in the same state before every request, so its reply is a function of the request alone.
+    """
+
+    def __init__(self, upstream: str, faults: float = 0.0, seed: int = 0, timeout_delay_s: float = 2.0,
+                 reset_prompt: str | None = None, upstream_timeout_s: float = 600.0):
+        super().__init__(strict=False, faults=faults, seed=seed, timeout_delay_s=timeout_delay_s)
+        url = urlsplit(upstream)
+        self.upstream_host, self.upstream_port, self.upstream_path = url.hostname, url.port, url.path.rstrip("/")
+        self.reset_prompt = reset_prompt
+        self.upstream_timeout_s = upstream_timeout_s
+        self.forwarded = 0  # requests the server answered (resets not included)
+        self._upstream_lock = threading.Lock()
+
+    def _post(self, path: str, body: dict) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=self.upstream_timeout_s)
+        try:
+            conn.request("POST", self.upstream_path + path, json.dumps(body), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def reply(self, api: str, body: dict) -> tuple[int, bytes]:
+        path = "/chat/completions" if api == "chat" else "/completions"
+        with self._upstream_lock:
+            if self.reset_prompt is not None:
+                self._post("/completions", {"prompt": self.reset_prompt, "max_tokens": 1, "temperature": 0.0})
+            self.forwarded += 1
+            return self._post(path, body)
