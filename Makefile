@@ -53,6 +53,7 @@ bench: $(STAMP)  ## throughput benchmarks: each ratio against its baseline in th
 	$(BIN)/python benchmarks/bench_candidates.py --gguf models/base/model.gguf --out metrics/bench/candidates.json
 	$(BIN)/python benchmarks/bench_logprobs.py --out metrics/bench/logprobs.json
 	$(BIN)/python benchmarks/bench_concurrency.py --out metrics/bench/concurrency.json
+	$(BIN)/python benchmarks/bench_judge_server.py --gguf models/base/model.gguf --out metrics/bench/judge_server.json
 
 clean-cache:  ## drop the LLM call cache (.cache/llm); the next run repeats every call
 	rm -rf .cache/llm
