@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import click
@@ -26,26 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `stages` is imported as a package, as the tests do
 
 from teachloop.data import read_jsonl, write_jsonl  # noqa: E402
-
-
-def start_server(gguf: Path, threads: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--seed", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=1)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.25)
-    proc.terminate()
-    raise click.ClickException(f"llama_cpp.server on {gguf} did not come up within 60 s; run it by hand to see why")
+from teachloop.llm.testserver import llama_cpp_server  # noqa: E402
 
 
 def answer_dirs(tmp: Path, n_items: int) -> tuple[Path, Path]:
@@ -89,18 +67,14 @@ def judge_seconds(url: str, run: Path, a: Path, b: Path, concurrency: int, crite
 @click.option("--threads", default=2, show_default=True, help="Server CPU threads.")
 def main(gguf: Path, out: Path, items: int, criteria: str, levels: str, threads: int) -> None:
     os.environ.setdefault("BENCH_LOCAL_KEY", "local")
-    proc, url = start_server(gguf, threads)
     rows = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            a, b = answer_dirs(Path(tmp), items)
-            for i, level in enumerate(int(x) for x in levels.split(",")):
-                seconds, counts = judge_seconds(url, Path(tmp) / f"run{i}", a, b, level, criteria.split(","))
-                rows.append({"max_concurrency": level, "wall_s": round(seconds, 1), "requests": counts["requests"],
-                             "judgements": counts["judgements"]})
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    args = ["--model", str(gguf), "--n_ctx", "2048", "--n_threads", str(threads), "--seed", "1"]
+    with llama_cpp_server(args) as url, tempfile.TemporaryDirectory() as tmp:
+        a, b = answer_dirs(Path(tmp), items)
+        for i, level in enumerate(int(x) for x in levels.split(",")):
+            seconds, counts = judge_seconds(url, Path(tmp) / f"run{i}", a, b, level, criteria.split(","))
+            rows.append({"max_concurrency": level, "wall_s": round(seconds, 1), "requests": counts["requests"],
+                         "judgements": counts["judgements"]})
     serial = rows[0]["wall_s"]
     for r in rows:
         r["speedup"] = round(serial / r["wall_s"], 2)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
+
+from teachloop.llm.testserver import free_port, llama_cpp_server
 
 from teachloop.llm import LLM, BackendError, CallCache, LLMConfig, Request, make_backend
 
@@ -76,36 +73,10 @@ def test_llamacpp_missing_file_says_how_to_fix(tmp_path):
         make_backend(LLMConfig(gguf=str(tmp_path / "none.gguf")))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(base_gguf):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(base_gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--seed", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(240):  # up to 60 s for the model to load
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail("llama_cpp.server exited during start-up")
-                time.sleep(0.25)
-        else:
-            pytest.fail("llama_cpp.server did not answer within 60 s")
+    with llama_cpp_server(["--model", str(base_gguf), "--n_ctx", "1024", "--n_threads", "2", "--seed", "1"]) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_openai_backend_against_a_local_server(server, tmp_path, monkeypatch):
@@ -127,7 +98,7 @@ def test_openai_backend_errors_are_clear(monkeypatch):
         make_backend(LLMConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
                                api_key_env="NO_SUCH_KEY_VAR"))
     os.environ["TEST_DEAD_KEY"] = "x"
-    dead = make_backend(LLMConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{_free_port()}/v1",
+    dead = make_backend(LLMConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{free_port()}/v1",
                                   api_key_env="TEST_DEAD_KEY", timeout_s=2, max_retries=1))
     with pytest.raises(BackendError, match="failed after 1 retries"):
         dead.complete(Request("hi", max_tokens=2))

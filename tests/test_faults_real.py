@@ -15,11 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +27,7 @@ from teachloop import embeddings
 from teachloop.data import SPLITS, eval_paths, read_jsonl, split_path, write_jsonl
 from teachloop.llm import openai_backend as ob
 from teachloop.llm.client import ACCUMULATED
-from teachloop.llm.testserver import FAULTS, FaultProxy
+from teachloop.llm.testserver import FAULTS, FaultProxy, llama_cpp_server
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,36 +40,13 @@ TIMEOUT_S = 60
 FAULT_RATE, FAULT_SEED = 0.3, 201
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def proxy(base_gguf):
     """The fault proxy in front of llama_cpp.server (default n_batch; the proxy's reset keeps replies pure)."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(base_gguf), "--host",
-                             "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--seed", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(240):  # up to 60 s for the model to load
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail("llama_cpp.server exited during start-up")
-                time.sleep(0.25)
-        else:
-            pytest.fail("llama_cpp.server did not answer within 60 s")
-        with FaultProxy(url, seed=FAULT_SEED, timeout_delay_s=TIMEOUT_S + 1, reset_prompt="\u00a4") as p:
-            yield p
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    args = ["--model", str(base_gguf), "--n_ctx", "2048", "--n_threads", "2", "--seed", "1"]
+    with llama_cpp_server(args) as url, FaultProxy(url, seed=FAULT_SEED, timeout_delay_s=TIMEOUT_S + 1,
+                                                   reset_prompt="\u00a4") as p:
+        yield p
 
 
 def tiny_params(base_url: str, adapter: Path) -> dict:

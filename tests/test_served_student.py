@@ -12,14 +12,12 @@ not re-measured against the server here).
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from teachloop.llm.testserver import free_port, llama_cpp_server
 import yaml
 from click.testing import CliRunner
 
@@ -34,39 +32,18 @@ RECORDS = [{"id": "q1", "instruction": "Name three primary colours.", "input": "
 LLM_KEYS = {"n_ctx": 1024, "n_batch": 1, "n_threads": 2, "seed": 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(base_gguf, adapter, tmp_path_factory):
     """llama_cpp.server serving `base` (no adapter) and `sft` (the adapter's GGUF twin) from one config file."""
-    port = _free_port()
+    port = free_port()
     models = [{"model": str(base_gguf), "model_alias": "base", **LLM_KEYS},
               {"model": str(base_gguf), "model_alias": "sft", "lora_path": str(adapter / "adapter.gguf"), **LLM_KEYS}]
     config = tmp_path_factory.mktemp("server") / "models.json"
     config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}))
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(240):  # up to 60 s for the server to come up
-            try:
-                served = json.load(urllib.request.urlopen(f"{url}/models", timeout=1))
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail("llama_cpp.server exited during start-up")
-                time.sleep(0.25)
-        else:
-            pytest.fail("llama_cpp.server did not answer within 60 s")
+    with llama_cpp_server(["--config_file", str(config)], port=port) as url:
+        served = json.load(urllib.request.urlopen(f"{url}/models", timeout=5))
         assert sorted(m["id"] for m in served["data"]) == ["base", "sft"]
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def answer(tmp: Path, student: dict, name: str, adapter_dir: Path) -> list[dict]:

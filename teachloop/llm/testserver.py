@@ -7,21 +7,27 @@ Strict: a request carrying any field outside the OpenAI API's documented set (re
 request TypedDicts), or more log-probabilities than OpenAI allows, is answered HTTP 400 and recorded in `rejected`.
 Faulty: a seeded fraction of requests meets one of `FAULTS` instead of an answer, tallied in `injected`. Answers
 come from `responder(prompt)`, so replies, token log-probs and top log-probs are functions of the prompt alone.
-`FaultProxy` puts the same faults in front of a real server (`python -m llama_cpp.server`) instead of a responder.
+`FaultProxy` puts the same faults in front of a real server (`python -m llama_cpp.server`) instead of a responder;
+`llama_cpp_server(args)` runs such a server for a block.
 Not a model and not for production: stdlib `http.server` in a thread.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import random
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 # Named after the `Stats` field each fault shows up in on the client's side.
@@ -247,3 +253,42 @@ class FaultProxy(LocalServer):
                 self._post("/completions", {"prompt": self.reset_prompt, "max_tokens": 1, "temperature": 0.0})
             self.forwarded += 1
             return self._post(path, body)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def llama_cpp_server(args: list[str], port: int | None = None, start_timeout_s: float = 60.0) -> Iterator[str]:
+    """`python -m llama_cpp.server ARGS` on 127.0.0.1 for the block; yields its base URL (.../v1).
+
+    `args` are the server's own (`--model ... --n_ctx ...`, or `--config_file F` whose host and port must be
+    127.0.0.1 and `port`); `--host/--port` are added unless a config file is given. Stopped on exit.
+    """
+    port = port or free_port()
+    if "--config_file" not in args:
+        args = [*args, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:  # the model loads first: poll until /models answers
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"llama_cpp.server exited during start-up (exit {proc.returncode}); "
+                                       f"run `python -m llama_cpp.server {' '.join(args)}` to see why")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"llama_cpp.server did not answer within {start_timeout_s:.0f} s")
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
