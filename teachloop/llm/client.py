@@ -198,17 +198,21 @@ class LLM:
                     out.append(fn(item))
                     bar.update()
                 return out
+            failed = []
             with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=self.name) as pool:
                 futures = [pool.submit(fn, item) for item in items]
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                     bar.update(len(done))
-                    if any(f.exception() is not None for f in done):
+                    failed = [f for f in done if f.exception() is not None]
+                    if failed:
                         for f in pending:
                             f.cancel()
                         break
-            return [f.result() for f in futures]  # raises the first failure in input order
+            if failed:  # the pool has let the calls in flight end; a cancelled call is not the failure to report
+                raise min(failed, key=futures.index).exception()
+            return [f.result() for f in futures]
 
     def identity(self) -> dict:
         if self._identity is None:
