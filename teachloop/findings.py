@@ -13,10 +13,26 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import audit, reference
 from .reference import Key
 
 MEASURES = {"rouge_l": "ROUGE-L", "ref_loglik": "reference log-likelihood"}
+
+
+class _EmbeddingMemo:
+    """The sentence encoder with each distinct text embedded once: the same answers and references meet the
+    reference judge in many pairs (every model against each `versus` model and the configured comparisons)."""
+
+    def __init__(self, encoder):
+        self.encoder, self.vectors = encoder, {}
+
+    def encode(self, texts: list[str], **kwargs):
+        new = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if new:
+            self.vectors.update(zip(new, self.encoder.encode(new, **kwargs)))
+        return np.stack([self.vectors[t] for t in texts])
 
 
 def _pair_names(models: list[str], comparisons: dict[str, dict], versus: list[str]) -> dict[str, tuple[str, str]]:
@@ -85,6 +101,7 @@ def compute(answers: dict[str, list[dict]], references: dict[Key, str], loglik: 
             per_model[m]["rouge_l"] = reference.summarise_values(reference.by_set(rouge[m]), **boot)
         if m in loglik:
             per_model[m]["ref_loglik"] = reference.summarise_values(reference.by_set(loglik[m]), **boot)
+    encoder = _EmbeddingMemo(encoder) if encoder is not None else None
     pairs = {}
     for name, (a, b) in _pair_names(models, comparisons, versus).items():
         p: dict = {"a": a, "b": b}
