@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ..student import split
 from ..student.logprobs import ROW_TOKENS, encode, layout, response_logprobs
 
 LossFn = Callable[[object, list], tuple[torch.Tensor, dict]]
@@ -51,9 +52,13 @@ def score_pairs(model, tokenizer, pairs: list[tuple[str, str]], max_len: int,
     """(sum of response log-probs [M], response token counts [M]) for (prompt, response) pairs, one forward.
 
     The pairs are packed into rows of about `row_tokens` tokens (0: one padded row each); either layout gives the
-    same scores, so a loss built on them does not depend on it.
+    same scores, so a loss built on them does not depend on it. Inside a training step split over micro-batches or
+    processes, `split.Split.score` scores them piece by piece with the same result and gradient.
     """
     encoded = [encode(tokenizer, prompt, response, max_len) for prompt, response in pairs]
+    step_split = split.current()
+    if step_split is not None:
+        return step_split.score(model, encoded, tokenizer.pad_token_id, row_tokens)
     return response_logprobs(model, layout(encoded, tokenizer.pad_token_id, row_tokens))
 
 

@@ -139,6 +139,7 @@ def response_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     """(sum of response-token log-probs per sequence [M], response token count per sequence [M]), for a batch from
     `collate` or `pack` (sequences in the order they were given)."""
     decoder, head, softcap = _parts(model)
+    batch = {name: t.to(head.weight.device) for name, t in batch.items()}
     if "position_ids" in batch:  # packed: the mask comes from the positions (see `pack`)
         out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     else:
@@ -152,6 +153,6 @@ def response_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     token_lp = torch.log_softmax(logits, dim=-1).gather(1, targets[rows, cols].unsqueeze(1)).squeeze(1)
     owner = batch["seq"][:, 1:][rows, cols]
     n = int(batch["seq"].max()) + 1
-    sums = torch.zeros(n, dtype=token_lp.dtype).index_add(0, owner, token_lp)
+    sums = torch.zeros(n, dtype=token_lp.dtype, device=token_lp.device).index_add(0, owner, token_lp)
     counts = torch.bincount(owner, minlength=n)
     return sums, counts
