@@ -36,7 +36,8 @@ _ACTIVE: ContextVar["Split | None"] = ContextVar("split", default=None)
 
 @dataclass
 class Split:
-    """How the current step's sequences are scored: `rank`'s share of them, `per_forward` sequences at a time."""
+    """How the current step's sequences are scored: process `rank` of `world` takes its contiguous share of them,
+    `share` of the step's sequences per forward pass."""
     share: float  # fraction of the step's sequences in one forward pass (micro_batch_size / the step's units)
     rank: int = 0
     world: int = 1
