@@ -5,18 +5,20 @@ A checkpoint holds what the next steps depend on: the trainable (LoRA) weights, 
 (LoRA dropout) and the per-step metrics logged so far (replayed into the dvclive dir, whose files DVC removed with
 the stage's outputs). The step order and the learning rate are pure functions of the step number and the seed, so
 they need no state. Its directory is named by a hash of the run's inputs, as the LLM call cache is: a checkpoint of
-other data, settings, base model or starting adapter is never picked up, and an edited params file starts afresh.
+other data, settings, base model or starting adapter is never picked up, and an edited params file starts afresh
+(the key is the call cache's `request_key` of those inputs).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from ..llm.cache import request_key
 
 DEFAULT_DIR = ".cache/checkpoints"
 STATE = "state.pt"
@@ -57,7 +59,7 @@ class Checkpoints:
     def for_run(cls, base_dir, init_adapter, units: list, cfg, desc: str, root: str | Path | None = None) -> "Checkpoints":
         inputs = {"base": fingerprint(base_dir), "init": fingerprint(init_adapter), "units": units, "desc": desc,
                   "train": {k: v for k, v in asdict(cfg).items() if k not in NOT_KEYED}}
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        key = request_key(inputs)[:24]
         return cls(Path(root or os.environ.get("TEACHLOOP_CHECKPOINTS", DEFAULT_DIR)) / key)
 
     def load(self) -> dict | None:

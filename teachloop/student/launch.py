@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -64,16 +63,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def relaunch(processes: int) -> int:
     """Run this process's own script and arguments again as `processes` processes under `accelerate launch`.
 
     `--multi_gpu` is accelerate's data-parallel launcher (torchrun); without GPUs its processes join a gloo group.
+    Port 0: accelerate picks a free one, so two runs on one machine do not collide.
     """
     import __main__
 
@@ -82,7 +76,7 @@ def relaunch(processes: int) -> int:
         raise ConfigError(f"train.processes is {processes}: only a stage script can relaunch itself; from Python, "
                           f"run your script with `accelerate launch --multi_gpu --num_processes {processes} ...`")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+           "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no",
            "--dynamo_backend", "no", script, *sys.argv[1:]]
     print(f"train.processes={processes}: relaunching as {shlex.join(cmd)}", file=sys.stderr, flush=True)
     return subprocess.call(cmd)
