@@ -14,10 +14,27 @@ export TOKENIZERS_PARALLELISM := false
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# llama.cpp is compiled for an instruction set named here, not for "whatever CPU built it" (-march=native): a
+# native wheel reused on an older CPU dies with SIGILL, and a native build on a 4th-gen Xeon compiles llama.cpp's
+# AMX kernels, which segfault on Q4_K weights (docs/cpu.md). The default is x86-64-v3 (AVX2, FMA, F16C, BMI2:
+# every x86-64 CPU since ~2015), which keeps llama.cpp's AVX2 weight repacking. Override, e.g.:
+#   make setup LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON"    this CPU only (fastest here; AMX is then switched off at load)
+#   make setup LLAMA_CMAKE_ARGS="-DGGML_CUDA=on"      NVIDIA GPU offload (n_gpu_layers)
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+# The built wheel is kept per (version, flags) outside the clone, so fresh clones reuse it and a flag change rebuilds;
+# pip's own wheel cache is bypassed because it keys on the sdist alone, not on the flags it was built with.
+LLAMA_WHEELS := $(HOME)/.cache/teachloop/llama-cpp-wheels/$(shell printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+
 $(STAMP): requirements.txt requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0  # the local CPU wheel first: an unpinned torch pulls CUDA packages
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python $(LLAMA_VERSION) with $(LLAMA_CMAKE_ARGS) (~8 min, once per flag set)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+	    -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
+	$(BIN)/pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/pip install -q -r requirements.txt -c requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -m teachloop.student.llamacpp_src  # llama.cpp's converters from the pinned sdist, into .cache/
