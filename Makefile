@@ -9,7 +9,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test test-fast round rounds report bench clean-cache
+FORCE:
+.PHONY: FORCE help setup run test test-fast round rounds report bench clean-cache
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,7 +27,14 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=
 # pip's own wheel cache is bypassed because it keys on the sdist alone, not on the flags it was built with.
 LLAMA_WHEELS := $(HOME)/.cache/teachloop/llama-cpp-wheels/$(shell printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
 
-$(STAMP): requirements.txt requirements.lock pyproject.toml
+# The flags a .venv was built with; a change rewrites this file, which re-runs set-up (pass or export the same
+# LLAMA_CMAKE_ARGS on later make calls to keep a non-default build).
+LLAMA_FLAGS := $(VENV)/.llama-cmake-args
+$(LLAMA_FLAGS): FORCE
+	@mkdir -p $(VENV); printf '%s %s\n' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | cmp -s - $@ || \
+	  printf '%s %s\n' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' > $@
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml $(LLAMA_FLAGS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0  # the local CPU wheel first: an unpinned torch pulls CUDA packages

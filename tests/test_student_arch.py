@@ -84,10 +84,10 @@ def student(request, tmp_path_factory):
 
 
 def llama(gguf, lora: str = "", vocab_only: bool = False):
-    from llama_cpp import Llama
+    from teachloop.llm.llamacpp_open import open_llama
 
-    return Llama(model_path=str(gguf), lora_path=lora or None, n_ctx=128, n_threads=2, type_k=F32, type_v=F32,
-                 vocab_only=vocab_only, verbose=False)
+    return open_llama(model_path=str(gguf), lora_path=lora or None, n_ctx=128, n_threads=2, type_k=F32, type_v=F32,
+                      vocab_only=vocab_only, verbose=False)
 
 
 def test_hf_twin_is_a_plain_checkpoint_with_the_tokenizer_files(student):

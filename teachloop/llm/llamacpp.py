@@ -80,9 +80,9 @@ class LlamaCppBackend:
     def _open(self, logits_all: bool):
         import logging
 
-        from llama_cpp import Llama
+        from .llamacpp_open import open_llama
 
-        llm = Llama(
+        llm = open_llama(
             model_path=self.cfg.gguf,
             lora_path=self.cfg.lora or None,
             n_ctx=self.cfg.n_ctx,

@@ -7,7 +7,7 @@ Strict: a request carrying any field outside the OpenAI API's documented set (re
 request TypedDicts), or more log-probabilities than OpenAI allows, is answered HTTP 400 and recorded in `rejected`.
 Faulty: a seeded fraction of requests meets one of `FAULTS` instead of an answer, tallied in `injected`. Answers
 come from `responder(prompt)`, so replies, token log-probs and top log-probs are functions of the prompt alone.
-`FaultProxy` puts the same faults in front of a real server (`python -m llama_cpp.server`) instead of a responder;
+`FaultProxy` puts the same faults in front of a real server (llama-cpp-python's, `python -m teachloop.llm.serve`) instead of a responder;
 `llama_cpp_server(args)` runs such a server for a block.
 Not a model and not for production: stdlib `http.server` in a thread.
 """
@@ -27,6 +27,7 @@ import time
 import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -263,17 +264,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def llama_cpp_server(args: list[str], port: int | None = None, start_timeout_s: float = 60.0) -> Iterator[str]:
-    """`python -m llama_cpp.server ARGS` on 127.0.0.1 for the block; yields its base URL (.../v1).
+def llama_cpp_server(args: list[str], port: int | None = None, start_timeout_s: float = 60.0,
+                     log: Path | None = None) -> Iterator[str]:
+    """llama-cpp-python's server (`python -m teachloop.llm.serve ARGS`: models opened as in-process ones are) on
+    127.0.0.1 for the block; yields its base URL (.../v1).
 
     `args` are the server's own (`--model ... --n_ctx ...`, or `--config_file F` whose host and port must be
-    127.0.0.1 and `port`); `--host/--port` are added unless a config file is given. Stopped on exit.
+    127.0.0.1 and `port`); `--host/--port` are added unless a config file is given. Its output goes to `log` if
+    given. Stopped on exit.
     """
     port = port or free_port()
     if "--config_file" not in args:
         args = [*args, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "teachloop.llm.serve", *args], stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + start_timeout_s
@@ -283,12 +287,14 @@ def llama_cpp_server(args: list[str], port: int | None = None, start_timeout_s: 
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"llama_cpp.server exited during start-up (exit {proc.returncode}); "
-                                       f"run `python -m llama_cpp.server {' '.join(args)}` to see why")
+                    raise RuntimeError(f"the llama.cpp server exited during start-up (exit {proc.returncode}); "
+                                       f"run `python -m teachloop.llm.serve {' '.join(args)}` to see why")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server did not answer within {start_timeout_s:.0f} s")
+                    raise RuntimeError(f"the llama.cpp server did not answer within {start_timeout_s:.0f} s")
                 time.sleep(0.25)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if log:
+            out.close()
