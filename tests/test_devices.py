@@ -18,6 +18,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from teachloop.methods import citing, dpo, raft, rrhf, sft, tuna
 from teachloop.reference import reference_loglik
+from teachloop.student.model import LoraConfig, resolve_targets
+from tiny_models import char_tokenizer, tiny_llama
 
 OTHER = torch.device("meta")
 
@@ -121,23 +123,9 @@ def test_the_harness_refuses_what_cuda_refuses():
 
 @pytest.fixture(scope="module")
 def tiny():
-    """(model, tokenizer): a random 2-layer LLaMA and a character tokenizer (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from teachloop.student.model import LoraConfig, resolve_targets
-
-    chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + chars)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>")
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-                                        pad_token_id=0))
+    """(model, tokenizer): a random 2-layer LLaMA with a LoRA on every linear layer, on OTHER."""
+    tok = char_tokenizer()
+    base = tiny_llama(tok)
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 

@@ -9,6 +9,7 @@ from teachloop.methods import dpo
 from teachloop.student import split
 from teachloop.student.model import LoraConfig, load_student, load_tokenizer
 from teachloop.student.train import TrainConfig, train_adapter
+from tiny_models import char_tokenizer, tiny_llama
 
 PAIRS = [{"prompt": f"### Task:\nSay {w}.\n\n### Answer:\n", "chosen": f"{w.title()}, friend!", "rejected": "No."}
          for w in ("hi", "hello", "hey", "bye")]
@@ -17,19 +18,8 @@ PAIRS = [{"prompt": f"### Task:\nSay {w}.\n\n### Answer:\n", "chosen": f"{w.titl
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A random 2-layer LLaMA with a character tokenizer, saved as an HF dir (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    chars = [chr(c) for c in range(32, 127)] + ["\n"]
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + chars)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=64)
     out = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(out)
     tok.save_pretrained(out)
