@@ -49,7 +49,7 @@ def check_can_score(teacher: LLMConfig, where: str = "teacher") -> None:
             f"log-probabilities of given text (completions with echo + logprobs), which server "
             f"{teacher.server!r} does not return. Serve the teacher with vLLM or a llama.cpp server (server: vllm "
             f"or llamacpp), use backend: llamacpp, or set probabilistic_sets: [] and let every method read "
-            f"contextual rankings (methods.<name>.data: .../contextual.jsonl)")
+            f"contextual rankings (each methods.<name>.data: its candidate set's contextual file)")
 
 
 def score_prompt(item: dict) -> str:
