@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 FORCE:
-.PHONY: FORCE help setup run test test-fast round rounds report bench clean-cache
+.PHONY: FORCE help setup run test test-fast round rounds report bench gpu-smoke clean-cache
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench: $(STAMP)  ## throughput benchmarks: each ratio against its baseline in th
 	$(BIN)/python benchmarks/bench_logprobs.py --out metrics/bench/logprobs.json
 	$(BIN)/python benchmarks/bench_concurrency.py --out metrics/bench/concurrency.json
 	$(BIN)/python benchmarks/bench_judge_server.py --gguf models/base/model.gguf --out metrics/bench/judge_server.json
+
+gpu-smoke: $(STAMP)  ## every method, a reference score and a served answer on CUDA with a tiny model (docs/paper-scale.md)
+	$(BIN)/python benchmarks/gpu_smoke.py --device cuda
 
 clean-cache:  ## drop the LLM call cache (.cache/llm); the next run repeats every call
 	rm -rf .cache/llm

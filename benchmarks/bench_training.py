@@ -147,7 +147,7 @@ def trl_tokens_per_s(base: Path, units: list[dict], cfg, steps: int, gradient_ch
                          save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=load_tokenizer(base),
                              peft_config=LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                    target_modules=list(lora.target_modules),
+                                                    target_modules=lora.target_modules,  # a list, or PEFT's "all-linear"
                                                     task_type="CAUSAL_LM"),
                              callbacks=[Clock()])
         trainer.train()

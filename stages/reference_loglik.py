@@ -16,6 +16,7 @@ import click
 
 from teachloop import roles, runlog
 from teachloop.config import ConfigError, load_section, one_of, read_params, run_stage
+from teachloop.student.launch import DEVICES
 from teachloop.data import cap_per_set, eval_records, write_jsonl
 
 
@@ -29,9 +30,11 @@ class LoglikConfig:
     max_per_set: int = 0  # items per eval set (0 = all): a cap for quick checks, not for reported figures
     seed: int = 17
     threads: int = 2  # torch CPU threads (runtime; the same count keeps the bytes the same)
+    device: str = "auto"  # runtime: auto (cuda > mps > cpu) | cuda | mps | cpu, as training's `device`
 
     def validate(self, where: str) -> None:
         one_of(self.dtype, ("bfloat16", "float32"), f"{where}.dtype")
+        one_of(self.device, DEVICES, f"{where}.device")
         if self.batch_size < 1 or self.max_len < 8 or self.max_per_set < 0:
             raise ConfigError(f"{where}: need batch_size >= 1, max_len >= 8, max_per_set >= 0")
 
@@ -50,6 +53,7 @@ def main(params: str, name: str, adapter: Path, base_dir: Path, prepared: Path, 
     import torch
 
     from teachloop.reference import reference_loglik
+    from teachloop.student.launch import device_name
     from teachloop.student.model import load_student, load_tokenizer
     from teachloop.student.train import deterministic
 
@@ -62,7 +66,8 @@ def main(params: str, name: str, adapter: Path, base_dir: Path, prepared: Path, 
     # restored by writing rows keyed by item, in the original order.
     order = sorted(range(len(items)), key=lambda i: (len(items[i]["instruction"]) + len(items[i].get("input", ""))
                                                       + len(items[i]["output"]), items[i]["id"]))
-    with runlog.timed(f"reference_loglik@{name}"), deterministic(cfg.threads):
+    device = torch.device(device_name(cfg.device))
+    with runlog.timed(f"reference_loglik@{name}"), deterministic(cfg.threads, strict=device.type == "cpu"):
         tok = load_tokenizer(base_dir)
         if roles.is_adapter_dir(adapter):
             model = load_student(base_dir, adapter, trainable=False)
@@ -70,7 +75,7 @@ def main(params: str, name: str, adapter: Path, base_dir: Path, prepared: Path, 
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-        model = model.to(getattr(torch, cfg.dtype))
+        model = model.to(device=device, dtype=getattr(torch, cfg.dtype))
         scores = reference_loglik(model, tok, [items[i] for i in order], cfg.max_len, cfg.batch_size)
     by_index = dict(zip(order, scores))
     write_jsonl(out, [{"eval_set": r["eval_set"], "id": r["id"], "loglik": round(by_index[i], 6)}

@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 
 from teachloop import roles, runlog
-from teachloop.config import read_params, run_stage
+from teachloop.config import load_section, read_params, run_stage
 from teachloop.data import read_jsonl, write_jsonl
-from teachloop.llm import BackendError
+from teachloop.llm import BackendError, LLMConfig
 from teachloop.llm.client import counts_file
-from teachloop.methods.ranking import rank_probabilistic
+from teachloop.methods.ranking import check_can_score, rank_probabilistic
 
 
 @click.command()
@@ -25,6 +25,7 @@ from teachloop.methods.ranking import rank_probabilistic
 def main(params: str, candidates: Path, out: Path, counts_path: Path) -> None:
     """Score each candidate by the teacher's mean token log-probability and rank best..worst."""
     p = read_params(params)
+    check_can_score(load_section(p, "teacher", LLMConfig))
     teacher = roles.teacher(p)
     with runlog.timed(f"score_probabilistic:{candidates.parent.name}") as extra, \
             counts_file(counts_path, teacher) as stage_counts:

@@ -58,7 +58,8 @@ def main(params: str, name: str, prepared: Path, base_dir: Path, out: Path, live
         summary = train_adapter(
             base_dir, units, lambda tok: method.make_loss(tok, cfg, tcfg.max_len, tcfg.row_tokens), tcfg, out,
             init_adapter=entry.init, live_dir=live_dir, desc=name,
-            before=before and (lambda model, tok, us: before(model, tok, us, tcfg.max_len, tcfg.row_tokens)),
+            before=before and (lambda model, tok, us, scope: before(model, tok, us, tcfg.max_len, tcfg.row_tokens,
+                                                                    scope)),
             lora_key=f"method_train.lora (or methods.{name}.train.lora)", times=times)
     write_json(out / "train_summary.json", {**summary, "data": entry.data, "loss": entry.loss, **counts})
     click.echo(f"{name}: {counts}; {summary['steps']} steps")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .config import read_params
+from .config import ConfigError, read_params
 
 
 def declared_rounds(params: dict) -> list[int]:
@@ -138,7 +138,10 @@ def plan(params, dvc_yaml, prepared, tokenizer, against) -> None:
         hf = re.search(r"--hf\s+(\S+)", str(_load_yaml(dvc_yaml)["stages"]["base"]["cmd"]))
         tokenizer = str(Path(hf.group(1)) / "tokenizer.json") if hf else ""
     tokens = planning.Tokens.load(tokenizer)
-    rows = planning.plan(read_params(params), dvc_yaml, prepared, tokens)
+    try:
+        rows = planning.plan(read_params(params), dvc_yaml, prepared, tokens)
+    except ConfigError as e:  # params that a run would fail on: said before it, without a traceback
+        raise click.ClickException(str(e)) from e
     actual = None
     if against:
         actual = {}

@@ -26,7 +26,7 @@ from .judge import JudgeConfig, build_prompt
 from .llm import LLMConfig
 from .methods.candidates import CandidatesConfig, sample_records
 from .methods.citing import RoundConfig, sample_round, teacher_prompt
-from .methods.ranking import ContextualConfig, contextual_prompt, score_prompt
+from .methods.ranking import ContextualConfig, check_can_score, contextual_prompt, score_prompt
 from .roles import DecodeConfig
 from .rubrics import RubricsConfig, _examples
 from .student.prompting import record_prompt, revise_prompt
@@ -166,6 +166,8 @@ def plan(params: dict, dvc_yaml: str | Path = "dvc.yaml", prepared: str | Path |
     tok = tokens or Tokens()
     roles = roles_of(params)
     teacher, student, judge_role = roles["teacher"], roles["student"], roles["judge"]
+    if params.get("probabilistic_sets"):
+        check_can_score(teacher.cfg)
     train, evals = prepared_sets(params, prepared)
     decode = load_section(params, "student.decode", DecodeConfig)
     counts = unrolled_counts(params, dvc_yaml)

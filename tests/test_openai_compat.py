@@ -110,7 +110,11 @@ def test_flavours_send_extras_and_schemas_only_where_declared(capsys):
           for s in ("openai", "vllm", "llamacpp", "generic") for a in ("completions", "chat")}
     assert "extra_body" not in kw["openai", "completions"] and "extra_body" not in kw["openai", "chat"]
     assert kw["openai", "chat"]["response_format"]["json_schema"]["schema"] == schema
-    assert kw["vllm", "chat"]["extra_body"] == {"repetition_penalty": 1.2}
+    assert kw["vllm", "chat"]["extra_body"] == {"repetition_penalty": 1.2, "top_k": 40, "min_p": 0.05}
+    # llama.cpp's in-process sampler (top-k 40, min-p 0.05) is what a vLLM or llama.cpp server is asked for, and a
+    # repeat penalty of 1.0 reaches llama_cpp.server too (its own default is 1.1)
+    assert kw["llamacpp", "chat"]["extra_body"]["top_k"] == 40 and kw["llamacpp", "chat"]["extra_body"]["min_p"] == 0.05
+    assert ob.request_kwargs(base.replace(server="llamacpp"), Request("p"))["extra_body"]["repeat_penalty"] == 1.0
     assert kw["vllm", "completions"]["extra_body"]["response_format"]["type"] == "json_schema"
     for api in ("completions", "chat"):
         assert kw["llamacpp", api]["extra_body"]["repeat_penalty"] == 1.2

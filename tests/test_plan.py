@@ -142,7 +142,7 @@ def test_plan_flags_a_count_that_differs(tmp_path):
 def test_server_calls_split_grouped_requests_and_cost_uses_each_roles_price():
     params = tiny_params()
     for section in (params["teacher"], params["judge"]["llm"]):
-        section.update(backend="openai", model="m", base_url="http://127.0.0.1:1/v1",
+        section.update(backend="openai", server="vllm", model="m", base_url="http://127.0.0.1:1/v1",
                        price_per_mtok={"input": 2.0, "output": 8.0})
     rows = {r.stage: r for r in plan(params, ROOT / "dvc.yaml")}
     n_items = 3  # candidates.sample_size: one probabilistic request per item, one HTTP call per candidate

@@ -1,7 +1,8 @@
-"""Students of other architectures through llama.cpp's own converters: a tiny LLaMA and a tiny Qwen2 (random weights
+"""Students of other architectures through llama.cpp's own converters: a tiny LLaMA, Qwen2 and Phi-3 (random weights
 from a config, real tokenizers from the vocab-only GGUFs that llama.cpp ships; no download) go through the base stage
 (HF input -> GGUF twin), a short SFT and the GGUF adapter export, and llama.cpp must then agree with transformers:
-same tokens for the same text, and the adapter moving next-token log-probs the way PEFT moves them."""
+same tokens for the same text, and the adapter moving next-token log-probs the way PEFT moves them. Phi-3 fuses its
+projections (qkv_proj, gate_up_proj): the default `all-linear` must adapt those too, and llama.cpp load them."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import torch
 import yaml
 
 from teachloop.methods.sft import make_loss as sft_make_loss
-from teachloop.student.model import LoraConfig, load_student, load_tokenizer
+from teachloop.student.model import LoraConfig, linear_layers, load_student, load_tokenizer, model_skeleton
 from teachloop.student.train import TrainConfig, train_adapter
 
 pytestmark = pytest.mark.slow
@@ -41,17 +42,24 @@ def as_on_the_hub(tok) -> None:
 
 
 def tiny_config(arch: str, tok):
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import LlamaConfig, Phi3Config, Qwen2Config
 
     shape = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if arch == "llama":
         return LlamaConfig(**shape, tie_word_embeddings=False)
+    if arch == "phi3":  # Phi-3's own pad id (32000) is past this vocabulary's end
+        return Phi3Config(**shape, tie_word_embeddings=False, pad_token_id=tok.eos_token_id,
+                          original_max_position_embeddings=256)
     return Qwen2Config(**shape, tie_word_embeddings=True)
 
 
-@pytest.fixture(scope="module", params=[("llama", "llama-spm"), ("qwen2", "qwen2")], ids=["llama", "qwen2"])
+SPM = ("llama", "phi3")  # the architectures here with a SentencePiece vocabulary (LLaMA's)
+
+
+@pytest.fixture(scope="module", params=[("llama", "llama-spm"), ("qwen2", "qwen2"), ("phi3", "llama-spm")],
+                ids=["llama", "qwen2", "phi3"])
 def student(request, tmp_path_factory):
     """(HF twin dir, GGUF twin path) made by the base stage from a tiny random student of that architecture."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,7 +71,7 @@ def student(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(arch)
     vocab_path = vocab_gguf(vocab)
     tok = AutoTokenizer.from_pretrained(str(vocab_path.parent), gguf_file=vocab_path.name)
-    if arch == "llama":
+    if arch in SPM:
         as_on_the_hub(tok)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tok), dtype=torch.float32)
@@ -94,7 +102,7 @@ def test_hf_twin_is_a_plain_checkpoint_with_the_tokenizer_files(student):
     arch, hf_dir, _ = student
     config = json.loads((hf_dir / "config.json").read_text())
     assert "quantization_config" not in config and (hf_dir / "model.safetensors").is_file()
-    assert (hf_dir / "tokenizer.model").is_file() == (arch == "llama")  # SentencePiece vocabularies only
+    assert (hf_dir / "tokenizer.model").is_file() == (arch in SPM)  # SentencePiece vocabularies only
 
 
 def test_hf_and_llama_cpp_tokenize_alike(student):
@@ -115,12 +123,23 @@ def next_token_logprobs_lc(gguf, ids, lora: str = "") -> np.ndarray:
 
 
 def test_exported_adapter_moves_llama_cpp_like_peft_moves_transformers(student, tmp_path):
-    _, hf_dir, gguf = student
+    arch, hf_dir, gguf = student
     cfg = TrainConfig(lr=5e-2, batch_size=2, epochs=3, max_len=48, warmup_ratio=0.0,
-                      lora=LoraConfig(r=4, alpha=8, dropout=0.0))
-    train_adapter(hf_dir, UNITS, lambda tok: sft_make_loss(tok, None, cfg.max_len), cfg, tmp_path / "ad",
-                  live_dir=tmp_path / "live")
+                      lora=LoraConfig(r=4, alpha=8, dropout=0.0))  # target_modules: the default, all-linear
+    summary = train_adapter(hf_dir, UNITS, lambda tok: sft_make_loss(tok, None, cfg.max_len), cfg, tmp_path / "ad",
+                            live_dir=tmp_path / "live")
     assert (tmp_path / "ad" / "adapter.gguf").stat().st_size > 0
+    # Every linear layer but the LM head was adapted, and the adapter's config records exactly those.
+    layers = sorted(set(linear_layers(model_skeleton(hf_dir)).values()))
+    assert summary["target_modules"] == layers == json.loads((tmp_path / "ad" / "adapter_config.json").read_text()
+                                                             )["target_modules"]
+    if arch == "phi3":
+        assert layers == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+    n_linear = 2 * len(layers)  # two decoder layers
+    assert summary["trainable_params"] == sum(4 * (m.in_features + m.out_features) for name, m in
+                                              model_skeleton(hf_dir).named_modules()
+                                              if name in linear_layers(model_skeleton(hf_dir)))
+    assert len(linear_layers(model_skeleton(hf_dir))) == n_linear
     tok = load_tokenizer(hf_dir)
     ids = tok(UNITS[0]["prompt"] + "Hello").input_ids
     model = load_student(hf_dir, adapter=tmp_path / "ad", trainable=False)

@@ -11,7 +11,8 @@ import torch
 from teachloop.config import ConfigError
 from teachloop.methods.sft import make_loss as sft_loss_fn
 from teachloop.student.logprobs import IGNORE, collate, encode, pack, response_logprobs
-from teachloop.student.model import LoraConfig, check_lora_matches, load_student, load_tokenizer, save_adapter
+from teachloop.student.model import (LoraConfig, check_lora_matches, load_student, load_tokenizer, resolve_targets,
+                                     save_adapter)
 from teachloop.student.train import TrainConfig, train
 
 UNITS = [{"prompt": "### Instruction:\nSay hello.\n\n### Response:\n", "response": "Hello there!"},
@@ -122,7 +123,7 @@ def tiny_student(lora: LoraConfig):
                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64)
     base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return get_peft_model(base, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                               target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+                                               target_modules=resolve_targets(lora, base), task_type="CAUSAL_LM"))
 
 
 def token_units(n: int) -> list[dict]:

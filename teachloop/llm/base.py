@@ -49,7 +49,8 @@ class LLMConfig:
     n_ctx: int = 2048  # context window in tokens
     n_threads: int = 2  # CPU threads for llama.cpp
     n_batch: int = 512  # prompt-processing batch in tokens
-    n_gpu_layers: int = 0  # llamacpp: layers offloaded to a GPU (-1 = all; 0 = CPU only, what this machine has)
+    # llamacpp: layers offloaded to a GPU (-1 = all; 0 = CPU only); != 0 needs a GPU build of llama-cpp-python
+    n_gpu_layers: int = 0
     seed: int = 1  # >= 1: llama-cpp-python treats 0 as "random"
     timeout_s: float = 120.0  # openai: per-request timeout
     max_retries: int = 3  # openai: transport retries (429/5xx/timeouts/malformed 200s) with bounded backoff
@@ -74,9 +75,34 @@ class LLMConfig:
             raise ConfigError(f"{where}: backend llamacpp needs 'gguf' (a .gguf model file)")
         if self.backend == "openai" and not (self.model and self.base_url):
             raise ConfigError(f"{where}: backend openai needs 'model' and 'base_url'")
+        names = list(self.served.values())
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.served: two adapters share a served name ({sorted(names)}); each adapter "
+                              f"needs its own name on the server")
+        if self.backend == "llamacpp" and self.n_gpu_layers != 0:
+            check_gpu_offload(f"{where}.n_gpu_layers")
+
+    def can_score_text(self) -> bool:
+        """Whether the backend returns log-probabilities of a given text (prompt echo with logprobs), which
+        Tuna_p's probabilistic ranking needs: llama.cpp in process, vLLM and llama.cpp servers do; the OpenAI API
+        does not (its completions have no echo with logprobs, chat none at all). A generic server is tried, and a
+        reply without them is an error naming the fix."""
+        return not (self.backend == "openai" and self.server == "openai")
 
     def replace(self, **changes) -> "LLMConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_gpu_offload(where: str) -> None:
+    """Refuse GPU layers on a llama.cpp built without GPU offload: it would run every layer on the CPU, with at
+    most a line on stderr to say so."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        raise ConfigError(f"{where} asks for GPU offload, but the installed llama-cpp-python was built without it "
+                          f"(llama_supports_gpu_offload() is false), so every layer would run on the CPU. Rebuild it "
+                          f"with CUDA (needs the CUDA toolkit; the wheel is kept per flag set): export "
+                          f"LLAMA_CMAKE_ARGS=\"-DGGML_CUDA=on\" && make setup; or set {where}: 0")
 
 
 @dataclass(frozen=True)

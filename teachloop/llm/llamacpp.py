@@ -95,8 +95,10 @@ class LlamaCppBackend:
             verbose=False,
         )
         # The bindings map llama.cpp's log levels one step off, so its warnings (e.g. one line per LoRA tensor)
-        # print even with verbose=False; failures still surface as Python exceptions.
-        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+        # print even with verbose=False; failures still surface as Python exceptions. With GPU layers asked for
+        # they stay on: they are how llama.cpp says that layers did not go to the GPU.
+        if not self.cfg.n_gpu_layers:
+            logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         return llm
 
     @property

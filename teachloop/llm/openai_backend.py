@@ -2,11 +2,14 @@
 
 What is sent depends on the role's declared `server` flavour, never on a guess (`request_kwargs`):
 
-    server     extras sent (extra_body)          a JSON schema reaches the server as
-    openai     none                              chat: response_format json_schema; completions: not at all
-    vllm       repetition_penalty                response_format json_schema (chat and completions)
-    llamacpp   repeat_penalty, grammar           a GBNF grammar made from the schema (both llama.cpp servers)
-    generic    none                              not at all
+    server     extras sent (extra_body)                 a JSON schema reaches the server as
+    openai     none                                     chat: response_format json_schema; completions: not at all
+    vllm       top_k, min_p, repetition_penalty         response_format json_schema (chat and completions)
+    llamacpp   top_k, min_p, repeat_penalty, grammar    a GBNF grammar made from the schema (both llama.cpp servers)
+    generic    none                                     not at all
+
+top_k and min_p are the in-process llama.cpp sampler's (40, 0.05), so a sampled reply means the same thing on every
+backend that takes them; what cannot be sent (the 64-token penalty window) is listed in docs/paper-scale.md.
 
 Where a schema cannot be sent, replies are still validated against it and re-asked (`LLM.generate`); the backend
 says so once on stderr when it is built. The API key is read from the env var *named* in params and is never
@@ -19,6 +22,7 @@ completion) are retried here, not by the SDK, with one bounded exponential backo
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,13 +30,18 @@ import random
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from .base import BackendError, LLMConfig, Request
+from .llamacpp import MIN_P, TOP_K
 
 BACKOFF_BASE_S = 0.5  # first wait; doubles per retry (with jitter) up to the cap
 BACKOFF_CAP_S = 20.0  # no wait is longer, whatever Retry-After asks (a bounded stage beats an idle one)
 MAX_STOPS = {"openai": 4}  # OpenAI accepts at most 4 stop sequences
+# The in-process llama.cpp sampler's top-k and min-p (llama-cpp-python's completion defaults), sent where the server
+# takes them, so a sample means the same thing there (docs/paper-scale.md lists what still differs).
+SAMPLER_SENT = {"vllm": {"top_k": TOP_K, "min_p": MIN_P}, "llamacpp": {"top_k": TOP_K, "min_p": MIN_P}}
 COMPLETIONS_TOP_LOGPROBS = {"openai": 5}  # OpenAI's completions API caps logprobs at 5; others allow 20
 CHAT_TOP_LOGPROBS = 20  # chat top_logprobs: 0..20 on OpenAI
 
@@ -52,6 +61,31 @@ def schema_grammar(schema: dict) -> dict:
     return {"grammar": json_schema_to_gbnf(json.dumps(schema))}
 
 
+def served_adapter(cfg: LLMConfig) -> Path | None:
+    """The adapter dir `student.llm.served` maps the model name `cfg.model` to, or None (the base, or a role
+    that serves no adapter)."""
+    dirs = [Path(d) for d, name in cfg.served.items() if name == cfg.model]
+    return dirs[0] if dirs else None
+
+
+def adapter_sha256(adapter_dir: str | Path) -> str:
+    """One sha256 over the adapter's own files (adapter_config.json, its weights, its GGUF twin), names included:
+    what a server loads for it, whichever form it reads. A missing dir is an error, not an empty hash. Read in
+    full each time (once per stage: `LLM` keeps its identity), never keyed by mtime: a file rewritten within the
+    file system's timestamp granularity keeps its mtime and size."""
+    files = sorted(p for p in Path(adapter_dir).glob("adapter*") if p.is_file())
+    if not files:
+        raise BackendError(f"served adapter dir {adapter_dir} holds no adapter files (adapter_config.json, "
+                           f"adapter_model.safetensors); train it first or fix student.llm.served")
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def response_format(schema: dict) -> dict:
     return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
 
@@ -63,7 +97,9 @@ def request_kwargs(cfg: LLMConfig, req: Request) -> dict:
     >>> sorted(request_kwargs(cfg, Request("hi", repeat_penalty=1.1, json_schema={"type": "object"})))
     ['max_tokens', 'prompt', 'seed', 'temperature', 'top_p']
     >>> request_kwargs(cfg.replace(server="llamacpp"), Request("hi", repeat_penalty=1.1))["extra_body"]
-    {'repeat_penalty': 1.1}
+    {'top_k': 40, 'min_p': 0.05, 'repeat_penalty': 1.1}
+    >>> request_kwargs(cfg.replace(server="vllm"), Request("hi"))["extra_body"]
+    {'top_k': 40, 'min_p': 0.05}
     """
     kw: dict[str, Any] = dict(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                               seed=req.seed)
@@ -77,12 +113,11 @@ def request_kwargs(cfg: LLMConfig, req: Request) -> dict:
         kw["messages"] = [{"role": "user", "content": req.prompt}]
     else:
         kw["prompt"] = req.prompt
-    extra: dict[str, Any] = {}
-    if req.repeat_penalty != 1.0:
-        if cfg.server == "llamacpp":
-            extra["repeat_penalty"] = req.repeat_penalty
-        elif cfg.server == "vllm":
-            extra["repetition_penalty"] = req.repeat_penalty
+    extra: dict[str, Any] = dict(SAMPLER_SENT.get(cfg.server, {}))
+    if cfg.server == "llamacpp":  # always: llama_cpp.server's own default is 1.1, not 1.0
+        extra["repeat_penalty"] = req.repeat_penalty
+    elif cfg.server == "vllm" and req.repeat_penalty != 1.0:
+        extra["repetition_penalty"] = req.repeat_penalty
     if req.json_schema is not None:
         if cfg.server == "llamacpp":
             extra.update(schema_grammar(req.json_schema))
@@ -103,7 +138,8 @@ def startup_notes(cfg: LLMConfig) -> list[str]:
         notes.append(f"server {cfg.server!r} with api {cfg.api!r}: JSON schemas are not sent to the server; "
                      f"replies are validated against them and re-asked when they fail")
     if cfg.server in ("openai", "generic"):
-        notes.append(f"server {cfg.server!r}: repeat_penalty is not sent (not part of the OpenAI API)")
+        notes.append(f"server {cfg.server!r}: repeat_penalty, top_k and min_p are not sent (not part of the OpenAI "
+                     f"API): its samples follow the server's own sampler, not llama.cpp's")
     return notes
 
 
@@ -130,8 +166,15 @@ class OpenAIBackend:
             print(f"note: {cfg.base_url} ({cfg.model}): {note}", file=sys.stderr)
 
     def identity(self) -> dict:
-        return {"backend": "openai", "model": self.cfg.model, "base_url": self.cfg.base_url, "api": self.cfg.api,
-                "server": self.cfg.server}
+        ident = {"backend": "openai", "model": self.cfg.model, "base_url": self.cfg.base_url, "api": self.cfg.api,
+                 "server": self.cfg.server}
+        adapter = served_adapter(self.cfg)
+        if adapter is not None:
+            # A served adapter's name stays when it is retrained; its bytes do not.
+            ident["adapter_sha256"] = adapter_sha256(adapter)
+        if self.cfg.server in SAMPLER_SENT:
+            ident["sampler"] = SAMPLER_SENT[self.cfg.server]  # replies made before these were sent differ
+        return ident
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:

@@ -4,6 +4,8 @@ filters (failed rankings, empty candidates) that the units builders apply.
 
 Losses work on tensors `teachloop.student.logprobs.response_logprobs` produces: a sum of response-token log-probs
 and a token count per sequence. Candidates are left-aligned in a grid and `valid` [B, N] marks the filled slots.
+Every tensor a loss makes is made on its scores' device (tests/test_devices.py runs them all on a device that is
+not the CPU's).
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def score_pairs(model, tokenizer, pairs: list[tuple[str, str]], max_len: int,
 def grid(flat: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Lay a flat [sum(sizes)] tensor out as [B, max(sizes)], left-aligned, zeros in empty slots (keeps grads)."""
     width = max(sizes)
-    index = torch.tensor([b * width + j for b, n in enumerate(sizes) for j in range(n)])
+    index = torch.tensor([b * width + j for b, n in enumerate(sizes) for j in range(n)], device=flat.device)
     return flat.new_zeros(len(sizes) * width).index_copy(0, index, flat).view(len(sizes), width)
 
 
@@ -76,7 +78,7 @@ def score_candidates(model, tokenizer, units: list[dict], max_len: int, row_toke
         raise ValueError("a unit has no candidates")
     sums, counts = score_pairs(model, tokenizer, [(u["prompt"], c) for u in units for c in u["candidates"]], max_len,
                                 row_tokens)
-    valid = grid(torch.ones(len(sums)), sizes).bool()
+    valid = grid(torch.ones(len(sums), device=sums.device), sizes).bool()
     return grid(sums, sizes), grid(counts, sizes), valid
 
 

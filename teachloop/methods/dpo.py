@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..student.logprobs import ROW_TOKENS
+from ..student.split import Split
 from ..student.prompting import record_prompt
 from .common import LossFn, is_empty, num, ranked_ok, ranked_texts, score_pairs
 
@@ -98,8 +99,8 @@ def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS
         pairs = [(u["prompt"], u["chosen"]) for u in units] + [(u["prompt"], u["rejected"]) for u in units]
         sums, counts = score_pairs(model, tokenizer, pairs, max_len, row_tokens)
         chosen, rejected = sums[: len(units)], sums[len(units):]
-        ref_chosen = torch.tensor([u["ref_chosen"] for u in units], dtype=sums.dtype)
-        ref_rejected = torch.tensor([u["ref_rejected"] for u in units], dtype=sums.dtype)
+        ref_chosen = torch.tensor([u["ref_chosen"] for u in units], dtype=sums.dtype, device=sums.device)
+        ref_rejected = torch.tensor([u["ref_rejected"] for u in units], dtype=sums.dtype, device=sums.device)
         total, logs = loss(chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta)
         return total, {"tokens": int(counts.sum()), **logs}
 
@@ -108,28 +109,41 @@ def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS
 
 @torch.no_grad()
 def add_reference_logprobs(model, tokenizer, units: list[dict], max_len: int, batch_size: int = 8,
-                           row_tokens: int = ROW_TOKENS) -> list[dict]:
+                           row_tokens: int = ROW_TOKENS, scope: Split | None = None) -> list[dict]:
     """Set `ref_chosen`/`ref_rejected` on each unit, in place (and return the list): summed log-probs under `model`
     as it is now, so call it before training.
 
     The policy starts from the SFT adapter, so scoring with the freshly loaded model *is* the SFT reference, and
     no second model is held in memory. Dropout is off while scoring (eval mode) and the mode is restored; the
-    same `max_len` as training keeps reference and policy scores over identical token spans.
+    same `max_len` as training keeps reference and policy scores over identical token spans. `scope` (the
+    training run's): each process scores its share of the units under the training precision, and the scores
+    are summed over processes (each unit's slot is filled by one process, zeros elsewhere), so every process
+    ends with all of them.
     """
+    scope = scope or Split(share=1.0)
+    device = next(p for p in model.parameters()).device
+    n = len(units)
+    lo, hi = scope.share_of(n)
+    ref = torch.zeros(2 * n, dtype=torch.float32, device=device)  # [chosen of every unit, rejected of every unit]
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(units), batch_size):
-            chunk = units[i : i + batch_size]
+        for i in range(lo, hi, batch_size):
+            chunk = units[i : min(i + batch_size, hi)]
             pairs = [(u["prompt"], u["chosen"]) for u in chunk] + [(u["prompt"], u["rejected"]) for u in chunk]
-            sums, _ = score_pairs(model, tokenizer, pairs, max_len, row_tokens)
-            for j, u in enumerate(chunk):
-                u["ref_chosen"], u["ref_rejected"] = float(sums[j]), float(sums[len(chunk) + j])
+            with scope.autocast():
+                sums, _ = score_pairs(model, tokenizer, pairs, max_len, row_tokens)
+            ref[i : i + len(chunk)] = sums[: len(chunk)].float()
+            ref[n + i : n + i + len(chunk)] = sums[len(chunk):].float()
     finally:
         model.train(was_training)
+    ref = scope.add_up(ref).tolist()
+    for j, u in enumerate(units):
+        u["ref_chosen"], u["ref_rejected"] = ref[j], ref[n + j]
     return units
 
 
-def before(model, tokenizer, units: list[dict], max_len: int, row_tokens: int = ROW_TOKENS) -> None:
-    """Runs once before training: the reference log-probs under the starting weights."""
-    add_reference_logprobs(model, tokenizer, units, max_len, row_tokens=row_tokens)
+def before(model, tokenizer, units: list[dict], max_len: int, row_tokens: int = ROW_TOKENS,
+           scope: Split | None = None) -> None:
+    """Runs once before training: the reference log-probs under the starting weights (see `train_adapter`)."""
+    add_reference_logprobs(model, tokenizer, units, max_len, row_tokens=row_tokens, scope=scope)

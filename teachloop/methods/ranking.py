@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .. import prompts
 from ..config import ConfigError
-from ..llm import LLM, BackendError, ParseError, Request
+from ..llm import LLM, BackendError, LLMConfig, ParseError, Request
 from ..llm.client import validate_json
 from ..student.prompting import input_block
 
@@ -38,6 +38,18 @@ class ContextualConfig:
 
 
 # --- probabilistic ranking -------------------------------------------------------------------------------------
+
+
+def check_can_score(teacher: LLMConfig, where: str = "teacher") -> None:
+    """Refuse, before any call, a teacher that cannot return log-probabilities of a given text (see
+    `LLMConfig.can_score_text`): every probabilistic request would fail at run time."""
+    if not teacher.can_score_text():
+        raise ConfigError(
+            f"{where}: probabilistic ranking (Tuna_p, probabilistic_sets) scores candidates by the teacher's "
+            f"log-probabilities of given text (completions with echo + logprobs), which server "
+            f"{teacher.server!r} does not return. Serve the teacher with vLLM or a llama.cpp server (server: vllm "
+            f"or llamacpp), use backend: llamacpp, or set probabilistic_sets: [] and let every method read "
+            f"contextual rankings (each methods.<name>.data: its candidate set's contextual file)")
 
 
 def score_prompt(item: dict) -> str:

@@ -77,9 +77,9 @@ def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS
         sums, counts, valid = score_candidates(model, tokenizer, units, max_len, row_tokens)
         width = sums.shape[1]
         rewards = torch.tensor([u["rewards"] + [0.0] * (width - len(u["rewards"])) for u in units],
-                               dtype=sums.dtype)
+                               dtype=sums.dtype, device=sums.device)
         best = best_index(rewards, valid)
-        rows = torch.arange(len(units))
+        rows = torch.arange(len(units), device=sums.device)
         # Token-mean NLL of each unit's best answer, as RRHF's sft_loss averages the best sequence's tokens.
         sft_nll = -sums[rows, best] / counts[rows, best].clamp(min=1).to(sums.dtype)
         scores = length_normalised(sums, counts, cfg.length_penalty)

@@ -80,7 +80,7 @@ def loss(sums: torch.Tensor, counts: torch.Tensor, margin: float = 0.1, mle_weig
     valid = valid_mask(sums, valid)
     scores = length_normalised(sums, counts, length_penalty)
     rank = ranking_loss(scores, margin, valid)
-    mask = valid if mle_on == "all" else valid & (torch.arange(sums.shape[1]) == 0)
+    mask = valid if mle_on == "all" else valid & (torch.arange(sums.shape[1], device=sums.device) == 0)
     mle = token_nll(sums, counts, mask)
     total = mle_weight * mle + rank
     return total, {"mle": num(mle), "rank": num(rank), "ordered": ordered_fraction(scores, valid)}

@@ -11,7 +11,7 @@ import torch
 
 from ..config import ConfigError
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = "all-linear"  # PEFT's name for every linear layer of the loaded model except the output layer
 
 
 @dataclass
@@ -19,7 +19,57 @@ class LoraConfig:
     r: int = 8  # adapter rank
     alpha: int = 16  # scale = alpha / r
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # all linear layers
+    # all-linear: whatever linear layers the loaded architecture has (LLaMA's q/k/v/o/gate/up/down, Phi-3's fused
+    # qkv_proj/gate_up_proj, GPT-2's c_attn...); or a list of module names, each of which must exist in the model.
+    target_modules: str | list[str] = ALL_LINEAR
+
+    def validate(self, where: str) -> None:
+        if isinstance(self.target_modules, str) and self.target_modules != ALL_LINEAR:
+            raise ConfigError(f"{where}.target_modules: {self.target_modules!r} is neither {ALL_LINEAR!r} nor a "
+                              f"list of module names")
+        if not self.target_modules:
+            raise ConfigError(f"{where}.target_modules is empty; use {ALL_LINEAR!r} or name the layers to adapt")
+
+
+def linear_layers(model) -> dict[str, str]:
+    """{full module name: its last name part} of every linear layer LoRA can adapt, the output layer left out (as
+    PEFT's all-linear does: adapting the LM head would train a vocabulary-sized matrix)."""
+    from transformers.pytorch_utils import Conv1D
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    return {name: name.rsplit(".", 1)[-1] for name, module in base.named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+            and not any(part in ("lora_A", "lora_B") for part in name.split("."))}
+
+
+def model_skeleton(base_dir: str | Path):
+    """The HF model of `base_dir` built on the meta device: its module tree without reading or allocating a weight,
+    so target modules are checked before a 7B model is loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(base_dir)))
+
+
+def resolve_targets(lora: LoraConfig, model, where: str = "lora") -> list[str]:
+    """The sorted module names `lora` adapts in `model`: all-linear resolved, or the explicit list, each name
+    checked to match a linear layer (PEFT adapts the names that match and ignores the rest without a word)."""
+    layers = linear_layers(model)
+    if lora.target_modules == ALL_LINEAR:
+        return sorted(set(layers.values()))
+    missing = [t for t in lora.target_modules
+               if not any(full == t or full.endswith("." + t) for full in layers)]
+    if missing:
+        raise ConfigError(f"{where}.target_modules: {missing} match no linear layer of this model; its linear "
+                          f"layers are {sorted(set(layers.values()))} (or use {ALL_LINEAR!r})")
+    return sorted(lora.target_modules)
+
+
+def adapted_modules(model) -> list[str]:
+    """The sorted last name parts of the layers that carry a LoRA: what training actually adapts."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")
+                   and len(getattr(module, "lora_A", {})) > 0})
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict:
@@ -70,7 +120,7 @@ def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: 
     else:
         lora = lora or LoraConfig()
         cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+                             target_modules=resolve_targets(lora, base), task_type="CAUSAL_LM")
         model = get_peft_model(base, cfg)
     model.train(trainable)
     return model
@@ -78,6 +128,9 @@ def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: 
 
 def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf", base_dir: str | Path | None = None) -> None:
     """Save the PEFT adapter dir and its GGUF twin (for fast llama.cpp generation) side by side.
+
+    Only the LoRA tensors are written (PEFT's adapter state dict, copied to the host tensor by tensor), wherever the
+    model is: a 7B base on a GPU is never moved.
 
     `base_dir` is the HF model the adapter was trained on (llama.cpp's converter reads its architecture there);
     by default the dir `load_student` loaded, which PEFT records as `base_model_name_or_path`.
@@ -105,16 +158,26 @@ def adapter_info(adapter_dir: str | Path) -> dict:
     return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
 
 
-def check_lora_matches(lora: LoraConfig, adapter_dir: str | Path, where: str = "lora") -> None:
+def check_lora_matches(lora: LoraConfig, adapter_dir: str | Path, where: str = "lora",
+                       base_dir: str | Path | None = None) -> None:
     """Fail unless `lora` (the stage's settings, at params key `where`) equals the shape of the adapter it continues.
 
     PEFT loads a saved adapter with its own r, alpha, dropout and target modules, so different settings in params
-    would be ignored without a word; an error makes the params say what actually trains.
+    would be ignored without a word; an error makes the params say what actually trains. all-linear is compared
+    as the layers it names in the base model (`base_dir`, by default the one the adapter records).
     """
     saved = adapter_info(adapter_dir)
+    targets = lora.target_modules
+    if targets == ALL_LINEAR:
+        base_dir = base_dir or saved.get("base_model_name_or_path")
+        if not base_dir:
+            raise ConfigError(f"{adapter_dir}: the adapter records no base model dir to resolve {ALL_LINEAR!r} in")
+        targets = resolve_targets(lora, model_skeleton(base_dir), where)
+    saved_targets = saved.get("target_modules") or []
+    saved_targets = [saved_targets] if isinstance(saved_targets, str) else saved_targets
     pairs = {"r": (lora.r, saved.get("r")), "alpha": (lora.alpha, saved.get("lora_alpha")),
              "dropout": (lora.dropout, saved.get("lora_dropout")),
-             "target_modules": (sorted(lora.target_modules), sorted(saved.get("target_modules") or []))}
+             "target_modules": (sorted(targets), sorted(saved_targets))}
     differ = {k: v for k, v in pairs.items() if v[0] != v[1]}
     if differ:
         detail = "; ".join(f"{k}: params {mine!r} vs adapter {theirs!r}" for k, (mine, theirs) in differ.items())

@@ -44,9 +44,13 @@ class Split:
     add_up: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # sum of a tensor over processes
     autocast: Callable = nullcontext  # the precision context, re-entered when backward replays a micro-batch
 
+    def share_of(self, n: int) -> tuple[int, int]:
+        """[lo, hi): this process's contiguous share of n items."""
+        return n * self.rank // self.world, n * (self.rank + 1) // self.world
+
     def chunks(self, n: int) -> list[tuple[int, int]]:
         """[lo, hi) sequence ranges this process scores, in order: its contiguous share, cut into micro-batches."""
-        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        lo, hi = self.share_of(n)
         size = max(1, math.ceil(n * self.share))
         return [(a, min(a + size, hi)) for a in range(lo, hi, size)]
 

@@ -61,6 +61,11 @@ class TrainConfig:
         for name, least in (("batch_size", 1), ("micro_batch_size", 0), ("processes", 1), ("save_every", 0)):
             if getattr(self, name) < least:
                 raise ConfigError(f"{where}.{name} must be >= {least}, got {getattr(self, name)}")
+        if self.processes > 1 and self.device in ("auto", "cuda") and torch.cuda.is_available() \
+                and self.processes > torch.cuda.device_count():
+            raise ConfigError(f"{where}.processes is {self.processes} but torch sees {torch.cuda.device_count()} "
+                              f"CUDA GPU(s) here; on GPUs each process takes one: set processes <= "
+                              f"{torch.cuda.device_count()}")
         if self.micro_batch_size > self.batch_size:
             raise ConfigError(f"{where}.micro_batch_size ({self.micro_batch_size}) is larger than batch_size "
                               f"({self.batch_size}); set it <= batch_size (0 = the whole batch)")
@@ -236,33 +241,42 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
                   times: dict | None = None) -> dict:
     """Load the student (continuing `init_adapter`, or a fresh LoRA), train on `units`, save PEFT dir + GGUF twin.
 
-    `make_loss(tokenizer) -> loss_fn`; `before(model, tokenizer, units)` runs once before training (e.g. DPO's
-    reference log-probs, computed with the starting weights). A continued adapter keeps its own LoRA shape, so
+    `make_loss(tokenizer) -> loss_fn`; `before(model, tokenizer, units, scope)` runs once before training (e.g.
+    DPO's reference log-probs, computed with the starting weights); `scope` is a `split.Split` giving this
+    process's share, the sum over processes and the training precision. A continued adapter keeps its own LoRA shape, so
     `cfg.lora` must match it (`lora_key` names where those settings live, for the error message). `times`: see
     `train`. With `cfg.processes > 1` a stage script runs again as that many processes (`launch.relaunch`) and
     this process exits with their status; of those, only the main one returns from here (and writes).
     """
-    from .launch import accelerator, launched, relaunch
-    from .model import check_lora_matches, load_student, load_tokenizer, save_adapter
+    from .launch import accelerator, autocast, launched, relaunch
+    from .model import (adapted_modules, check_lora_matches, load_student, load_tokenizer, model_skeleton,
+                        resolve_targets, save_adapter)
 
+    # The LoRA's layers are checked against the model's module tree before any weight is read or process started.
+    if init_adapter:
+        check_lora_matches(cfg.lora, init_adapter, lora_key, base_dir)
+    else:
+        resolve_targets(cfg.lora, model_skeleton(base_dir), lora_key)
     if cfg.processes > 1 and not launched():
         raise SystemExit(relaunch(cfg.processes))
-    if init_adapter:
-        check_lora_matches(cfg.lora, init_adapter, lora_key)
     acc = accelerator(cfg.device)
     checkpoints = Checkpoints.for_run(base_dir, init_adapter, units, cfg, desc) if cfg.save_every else None
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(base_dir)
     model = load_student(base_dir, adapter=init_adapter, lora=cfg.lora, trainable=True).to(acc.device)
     if before is not None:
+        # Under the training step's precision and split over the processes like its scoring, so that a reference
+        # computed here equals the policy's own score at step 0.
+        scope = split.Split(share=1.0, rank=acc.process_index, world=acc.num_processes,
+                            add_up=lambda t: acc.reduce(t, reduction="sum"), autocast=autocast(cfg.precision, acc.device))
         with deterministic(cfg.threads, strict=acc.device.type == "cpu"):
-            before(model, tokenizer, units)
+            before(model, tokenizer, units, scope)
     summary = train(model, units, make_loss(tokenizer), cfg, live_dir=live_dir, desc=desc, times=times,
                     checkpoints=checkpoints, acc=acc)
     if not acc.is_main_process:
         raise SystemExit(0)  # the main process writes the adapter and the stage's other outputs
-    save_adapter(model.to("cpu"), out_dir)
+    save_adapter(model, out_dir)
     if checkpoints:
         checkpoints.clear()
-    return {**summary, "init_adapter": str(init_adapter or ""), "trainable_params": sum(
-        p.numel() for p in model.parameters() if p.requires_grad)}
+    return {**summary, "init_adapter": str(init_adapter or ""), "target_modules": adapted_modules(model),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
