@@ -33,7 +33,7 @@ def test_gpu_layers_without_gpu_offload_is_an_error_naming_the_build(monkeypatch
     offload(monkeypatch, False)
     with pytest.raises(ConfigError) as err:
         build(LLMConfig, cfg, "student.llm")
-    assert "student.llm.n_gpu_layers" in str(err.value) and 'make setup LLAMA_CMAKE_ARGS="-DGGML_CUDA=on"' in str(err.value)
+    assert "student.llm.n_gpu_layers" in str(err.value) and 'LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" && make setup' in str(err.value)
     offload(monkeypatch, True)
     assert build(LLMConfig, cfg, "student.llm").n_gpu_layers == -1
     offload(monkeypatch, False)
