@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import math
 
+from .config import flatten
+
 NAN = float("nan")
-
-
-def _flat(d, prefix: str = "") -> dict:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def _run(entry: dict) -> tuple[dict, dict]:
     """(flat params, {model: {metric: value}}) of one `dvc exp show --json` revision."""
     data = entry.get("data") or {}
-    params = {k: v for f in (data.get("params") or {}).values() for k, v in _flat(f.get("data") or {}).items()}
+    params = {k: v for f in (data.get("params") or {}).values() for k, v in flatten(f.get("data") or {}).items()}
     board: dict[str, dict] = {}
     for f in (data.get("metrics") or {}).values():
         for model, values in (f.get("data") or {}).items():

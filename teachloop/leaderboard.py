@@ -230,7 +230,8 @@ def verdict(rows_: list[dict], names, baseline: str, primary: str, no_signal: st
                  else "")
         out.append(f"CITING's rounds against {names(baseline)} on {label}: {parts}" + (f" ({trend})." if trend else "."))
     if no_signal:
-        out.append(f"The LLM judge carries no signal: {no_signal}; read the reference measures.")
+        out.append(f"The LLM judge carries no signal ({no_signal.removesuffix(': no signal')}): read the reference "
+                   "measures.")
     else:
         judged = [r for r in ranked if r["llm_judge"] is not None and not math.isnan(r["llm_judge"]["mean"])]
         sep = [names(r["model"]) for r in judged if excludes_zero(r["llm_judge"], 0.5)]

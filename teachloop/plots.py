@@ -1,7 +1,8 @@
 """The report's figures, from the leaderboard rows and the training logs: PNG files through matplotlib's Agg backend.
 
 - `forest`: paired differences from the baseline per model (sorted as the leaderboard) and measure, zero line;
-- `rounds`: CITING's rounds on the primary measure, round 0 being the model round 1 continues (SFT);
+- `rounds`: CITING's rounds on the primary measure (paired difference from the baseline), round 0 being the
+  model round 1 continues (SFT);
 - `losses`: training losses as small multiples, one panel per loss type (their scales are not comparable).
 Each returns whether it drew something; a figure is always written, since dvc.yaml declares each as an output.
 """
@@ -54,30 +55,31 @@ def forest(rows: list[dict], names, baseline: str, path: str | Path, ci: float) 
     return bool(shown)
 
 
-def rounds(rows: list[dict], names, primary: str, round0: str, path: str | Path, ci: float) -> bool:
-    """The primary measure (mean, interval) of CITING's round k against k, round 0 being `round0`."""
+def rounds(rows: list[dict], names, primary: str, round0: str, baseline: str, path: str | Path, ci: float) -> bool:
+    """CITING's round k against k on the primary measure, as the paired difference from `baseline` (its interval
+    over items, not two overlapping unpaired intervals); round 0 is `round0`, the model round 1 continues."""
     from .leaderboard import ROUND
 
+    zero = {"mean": 0.0, "lo": 0.0, "hi": 0.0}
     by_model = {r["model"]: r for r in rows}
     points = sorted((int(m.group(1)), r) for r in rows if (m := ROUND.match(r["model"])))
     if round0 in by_model:
         points = [(0, by_model[round0])] + points
+    ts = [(k, r[f"{primary}_diff"] or zero) for k, r in points]  # the baseline itself: no difference
+    ts = [(k, t) for k, t in ts if not math.isnan(t["mean"])]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    xs = [k for k, _ in points]
-    ts = [r[primary] for _, r in points]
-    ax.errorbar(xs, [t["mean"] for t in ts], yerr=[[max(t["mean"] - t["lo"], 0) for t in ts],
-                                                   [max(t["hi"] - t["mean"], 0) for t in ts]],
+    xs = [k for k, _ in ts]
+    ax.errorbar(xs, [t["mean"] for _, t in ts], yerr=[[max(t["mean"] - t["lo"], 0) for _, t in ts],
+                                                      [max(t["hi"] - t["mean"], 0) for _, t in ts]],
                 marker="o", capsize=4)
-    if round0 in by_model:
-        ax.axhline(by_model[round0][primary]["mean"], color="grey", linestyle="--", linewidth=1,
-                   label=names(round0))
-        ax.legend(loc="best")
-    ax.set_xticks(xs, [names(round0) if k == 0 else f"r{k}" for k in xs])
-    ax.set(xlabel="CITING round (0 = the model round 1 continues)", ylabel=f"{MEASURES[primary][0]} ({100 * ci:.0f}% CI)",
-           title=f"CITING rounds: {MEASURES[primary][0]}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(xs, [f"0 ({names(round0)})" if k == 0 else f"r{k}" for k in xs])
+    ax.set(xlabel="CITING round", ylabel=f"{MEASURES[primary][0]} - {names(baseline)} ({100 * ci:.0f}% CI)",
+           title=f"CITING rounds: {MEASURES[primary][0]}, paired difference from {names(baseline)}")
+    ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
-    return len(points) > 1
+    return len(ts) > 1
 
 
 def read_loss_log(path: str | Path) -> tuple[list[float], list[float]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import leaderboard, plots
-from .config import ConfigError
+from .config import ConfigError, flatten
 from .data import read_jsonl, write_json
 from .findings import judge_signal
 from .metrics import CRITERIA_ORDER, EVAL_SET_ORDER, average_win_rate, ordered, summarise_all
@@ -230,16 +230,6 @@ def rubrics_md(categories: list[dict]) -> str:
     return "\n".join(out)
 
 
-def flatten(d, prefix: str = "") -> dict:
-    """{dotted key: leaf value} of a nested params mapping."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def param_changes(params: dict, defaults: dict) -> list[tuple[str, object, object]]:
     """(dotted key, default, this run's value) for every key whose value differs, added or removed."""
     a, b = flatten(defaults), flatten(params)
@@ -306,7 +296,7 @@ def render_main(rows: list[dict], cfg: ReportConfig, names: Names, no_signal: st
         out += [f"![Paired differences from {names(base)}]({rel['forest']})", ""]
     if has.get("rounds"):
         out += [f"![CITING rounds on {leaderboard.MEASURES[cfg.primary][0]}]({rel['rounds']})", ""]
-    out += [f"LLM judge: no plot, it carries no signal ({no_signal})." if no_signal else
+    out += [f"LLM judge: no plot, it carries no signal ({no_signal.removesuffix(': no signal')})." if no_signal else
             f"LLM judge: win rates per comparison and criterion in [{DETAILS['llm_judge.md']}]({rel['llm_judge.md']}).",
             ""]
     if has.get("loss"):
@@ -390,7 +380,8 @@ def build_report(by_comparison: dict[str, list[dict]], found: dict, cfg: ReportC
     evaluated = (params or {}).get("evaluate", {}).get("models", {})
     round0 = next((m for m, e in evaluated.items() if prev and e.get("adapter") == prev), "")
     has = {"forest": plots.forest(rows, names, cfg.headline_opponent, outs["forest"], cfg.ci),
-           "rounds": plots.rounds(rows, names, cfg.primary, round0 or cfg.headline_opponent, outs["rounds"], cfg.ci)}
+           "rounds": plots.rounds(rows, names, cfg.primary, round0 or cfg.headline_opponent, cfg.headline_opponent,
+                                  outs["rounds"], cfg.ci)}
     missing = plots.losses(logs or {}, loss_of or {}, outs["loss"])
     has["loss"] = len(missing) < len(logs or {})
     report_dir = Path(outs["report"]).parent
