@@ -90,7 +90,8 @@ def rows(found: dict, llm_summaries: dict[str, dict], order: list[str], baseline
 
 def best(rows_: list[dict], column: str) -> float:
     """The best mean in a column (NaN when none): the leaderboard prints it in bold."""
-    higher = MEASURES[column.removesuffix("_diff")][1] if column.removesuffix("_diff") in MEASURES else True
+    measure = column.removesuffix("_diff")
+    higher = MEASURES[measure][1] if measure in MEASURES else True  # a win rate: higher is better
     values = [r[column]["mean"] for r in rows_ if r.get(column) and not math.isnan(r[column]["mean"])]
     return (max(values) if higher else min(values)) if values else NAN
 
