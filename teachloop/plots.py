@@ -125,7 +125,7 @@ def losses(logs: dict[str, str], loss_of: dict[str, str], path: str | Path) -> l
                              squeeze=False)
     for ax, (kind, lines) in zip(axes.flat, curves.items()):  # in the logs' order: SFT and CITING first
         for name, steps, values in lines:
-            ax.plot(steps, values, label=name, linewidth=1.2)
+            ax.plot(steps, values, label=name, linewidth=1.2, marker="o", markersize=3)  # one-step logs show
         ax.set(title=f"{kind} loss", xlabel="step")
         ax.legend(fontsize=7, loc="best")
     for ax in list(axes.flat)[len(curves):]:
