@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 FORCE:
-.PHONY: FORCE help setup run test test-fast round rounds report bench gpu-smoke clean-cache
+.PHONY: FORCE help setup run test test-fast round rounds report compare defaults bench gpu-smoke clean-cache
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,14 @@ rounds: $(STAMP)  ## declare CITING rounds 1..R in params.yaml: make rounds R=5
 
 report: $(STAMP)  ## re-run judging/report stages that are out of date
 	dvc repro report
+
+compare: $(STAMP)  ## leaderboard of the workspace and every `dvc exp` experiment, with the params that differ
+	teachloop compare
+
+defaults:  ## make the current params.yaml the committed defaults the report's settings page compares with
+	{ echo "# The committed defaults: reports/details/settings.md lists the params of a run that differ from these."; \
+	  echo "# A copy of params.yaml as committed (make defaults); an experiment changes params.yaml, never this."; \
+	  grep -v '^# ' params.yaml; } > params.defaults.yaml
 
 bench: $(STAMP)  ## throughput benchmarks: each ratio against its baseline in the same session, to metrics/bench/
 	$(BIN)/dvc repro base  # every bench runs the packaged model or its HF twin

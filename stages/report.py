@@ -1,13 +1,15 @@
-"""Stage `report`: reference-grounded findings, LLM-judge win rates with bootstrap CIs, plots and the report.
+"""Stage `report`: the leaderboard, its verdict, plots and detail pages, from every model's measures and verdicts.
 
-    python stages/report.py --prepared DIR --answers DIR --loglik DIR --judgements DIR --counts-dir DIR \
-        --logs-dir DIR --rubric-summary MD --headline-out JSON --findings-out JSON --metrics-out JSON \
-        --reference-plot PNG --rounds-plot PNG --criteria-plot PNG --loss-plot PNG --report-out MD   (paths: dvc.yaml)
+    python stages/report.py --prepared DIR --answers DIR --loglik DIR --judgements DIR --rubrics DIR \
+        --counts-dir DIR --logs-dir DIR --defaults YAML --headline-out JSON --findings-out JSON --metrics-out JSON \
+        --leaderboard-csv CSV --leaderboard-md MD --forest-plot PNG --rounds-plot PNG --loss-plot PNG \
+        --details-dir DIR --report-out MD   (paths: dvc.yaml)
 Reads every model's answers ANSWERS/<model>/<eval_set>.jsonl and reference log-likelihoods LOGLIK/<model>.jsonl,
 JUDGEMENTS/<A_vs_B>/verdicts.jsonl, every stage's counts COUNTS_DIR/<stage>.json and every training log under
 LOGS_DIR, so new rounds and methods appear without new options; dvc.yaml declares each dir as a dep.
-The headline JSON (a DVC metric: <= 9 numbers per model) is what `dvc exp show` lists; the findings JSON holds
-every table of the report, and the metrics JSON the LLM judge's full win-rate tables.
+The headline JSON (a DVC metric: <= 3 numbers per model) is what `dvc metrics show` and `dvc exp show` list; the
+findings JSON holds every reference-grounded number the leaderboard and detail pages print, and the win-rate JSON
+the LLM judge's tables. The settings page compares params with DEFAULTS, a declared dependency (not git's HEAD).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from teachloop import findings, report
+from teachloop import findings, plots, report
 from teachloop.config import ConfigError, load_section, read_params, run_stage
 from teachloop.data import eval_records, read_json, read_jsonl, write_json
 from teachloop.reference import reference_index
@@ -52,38 +54,47 @@ def read_loglik(loglik_dir: Path) -> dict[str, dict]:
             for f in sorted(loglik_dir.glob("*.jsonl"))}
 
 
+def loss_types(params: dict, logs: dict[str, str]) -> dict[str, str]:
+    """{training log name: its loss}: a ranked-data method's `methods.<name>.loss`; SFT and CITING's rounds
+    train with the SFT loss (CITING on its revisions)."""
+    methods = params.get("methods", {})
+    return {name: methods[name]["loss"] if name in methods else "sft" for name in logs}
+
+
+Dir = click.Path(exists=True, file_okay=False, path_type=Path)
+Out = click.Path(path_type=Path)
+
+
 @click.command()
 @click.option("--params", default="params.yaml", show_default=True,
-              help="Params file (sections: report, judge, embed, evaluate; all are reprinted).")
-@click.option("--prepared", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The prepare stage's output dir (reference answers).")
-@click.option("--answers", "answers_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dir with one <model>/ subdir of answers per model.")
-@click.option("--loglik", "loglik_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dir with one <model>.jsonl of reference log-likelihoods per model.")
-@click.option("--headline-out", required=True, type=click.Path(path_type=Path),
-              help="Headline metrics JSON to write (per model, for dvc exp show).")
-@click.option("--findings-out", required=True, type=click.Path(path_type=Path),
-              help="JSON of every reference-grounded table and the judge audit.")
-@click.option("--reference-plot", required=True, type=click.Path(path_type=Path),
-              help="PNG: reference measures per model.")
-@click.option("--judgements", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dir with one <A_vs_B>/ subdir per comparison.")
+              help="Params file (sections: report, judge, embed, evaluate, citing, methods).")
+@click.option("--defaults", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The committed default params, which the settings page compares --params with.")
+@click.option("--prepared", required=True, type=Dir, help="The prepare stage's output dir (reference answers).")
+@click.option("--answers", "answers_dir", required=True, type=Dir, help="Dir with one <model>/ subdir of answers.")
+@click.option("--loglik", "loglik_dir", required=True, type=Dir, help="Dir with one <model>.jsonl of log-likelihoods.")
+@click.option("--judgements", required=True, type=Dir, help="Dir with one <A_vs_B>/ subdir per comparison.")
+@click.option("--rubrics", "rubric_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The rubrics stage's output dir (categories.json; may be missing).")
 @click.option("--counts-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dir of per-stage counts JSON files (LLM requests, re-asks, failures, skips).")
 @click.option("--logs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dir of training logs, one per training stage (dvclive dirs).")
-@click.option("--rubric-summary", default=None, help="Markdown rubric summary (may be missing).")
-@click.option("--metrics-out", required=True, type=click.Path(path_type=Path), help="Win-rate metrics JSON to write.")
-@click.option("--rounds-plot", required=True, type=click.Path(path_type=Path), help="PNG: CITING vs SFT by round.")
-@click.option("--criteria-plot", required=True, type=click.Path(path_type=Path), help="PNG: win rate per criterion.")
-@click.option("--loss-plot", required=True, type=click.Path(path_type=Path), help="PNG: training loss curves.")
-@click.option("--report-out", required=True, type=click.Path(path_type=Path), help="Markdown report to write.")
-def main(params: str, prepared: Path, answers_dir: Path, loglik_dir: Path, headline_out: Path, findings_out: Path,
-         reference_plot: Path, judgements: Path, counts_dir: Path | None, logs_dir: Path | None,
-         rubric_summary: str | None, metrics_out: Path, rounds_plot: Path, criteria_plot: Path, loss_plot: Path,
-         report_out: Path) -> None:
-    """Measure every model against the references, summarise every comparison, write metrics, plots, report."""
+@click.option("--headline-out", required=True, type=Out, help="Headline metrics JSON (per model, for DVC).")
+@click.option("--findings-out", required=True, type=Out, help="JSON of every reference-grounded number.")
+@click.option("--metrics-out", required=True, type=Out, help="The LLM judge's win-rate JSON.")
+@click.option("--leaderboard-csv", required=True, type=Out, help="The leaderboard as CSV.")
+@click.option("--leaderboard-md", required=True, type=Out, help="The leaderboard as a markdown table.")
+@click.option("--forest-plot", required=True, type=Out, help="PNG: paired differences from the baseline.")
+@click.option("--rounds-plot", required=True, type=Out, help="PNG: CITING's rounds on the primary measure.")
+@click.option("--loss-plot", required=True, type=Out, help="PNG: training losses, one panel per loss type.")
+@click.option("--details-dir", required=True, type=Out, help="Dir of the detail pages the report links.")
+@click.option("--report-out", required=True, type=Out, help="Markdown report to write.")
+def main(params: str, defaults: Path | None, prepared: Path, answers_dir: Path, loglik_dir: Path, judgements: Path,
+         rubric_dir: Path | None, counts_dir: Path | None, logs_dir: Path | None, headline_out: Path,
+         findings_out: Path, metrics_out: Path, leaderboard_csv: Path, leaderboard_md: Path, forest_plot: Path,
+         rounds_plot: Path, loss_plot: Path, details_dir: Path, report_out: Path) -> None:
+    """Measure every model against the references, rank them, write metrics, plots, the report and its details."""
     from teachloop.embeddings import PACKAGED, load_encoder  # torch-heavy: only when the stage runs
 
     p = read_params(params)
@@ -97,31 +108,31 @@ def main(params: str, prepared: Path, answers_dir: Path, loglik_dir: Path, headl
               cfg.teacher_model or describe_llm(p.get("teacher"), base),
               cfg.student_model or describe_llm(p.get("student", {}).get("llm"), base))
     answers, loglik = read_answers(answers_dir), read_loglik(loglik_dir)
-    order = list(p.get("evaluate", {}).get("models", {}))  # tables list models as params do: base, SFT, rounds...
+    order = [m for m in p.get("evaluate", {}).get("models", {}) if m in answers or m in loglik]
     rank = lambda m: (order.index(m) if m in order else len(order), m)  # noqa: E731
     answers, loglik = ({m: d[m] for m in sorted(d, key=rank)} for d in (answers, loglik))
     for name in cfg.versus + [cfg.headline_opponent]:
         if name not in answers:
             raise ConfigError(f"report.versus / headline_opponent: no answers for model {name!r}; "
                               f"evaluate.models has {sorted(answers)}")
+    names = report.Names(cfg)
     found = findings.compute(
         answers, reference_index(eval_records(prepared)), loglik, by_comparison,
         p.get("evaluate", {}).get("comparisons", {}), cfg.versus, load_encoder(p.get("embed", {}).get("model") or PACKAGED),
         cfg.n_boot, cfg.seed, cfg.ci, cfg.rouge_margin, cfg.cosine_margin, 0,  # reference judge: every answered item
-        names=report.model_name, set_names=lambda e: report.SET_NAMES.get(e, e))
+        names=names, set_names=names.eval_set)
     write_json(findings_out, report.json_safe(found))
-    write_json(headline_out, report.json_safe(findings.headline(found, cfg.headline_opponent)))
-    plots = {"reference": reference_plot, "rounds": rounds_plot, "criteria": criteria_plot, "loss": loss_plot}
-    summaries = report.build_report(by_comparison, cfg, metrics_out, plots, report_out,
-                                    logs=report.find_loss_logs(logs_dir), rubric_summary=rubric_summary, params=p,
-                                    calls=read_counts(counts_dir), models=models, found=found)
-    for s in found["separated"]:
-        click.echo(f"separated: {s['text']}")
-    for name in report.sort_comparisons(summaries):
-        s = summaries[name]
-        click.echo(f"{name}: win {s['win_rate']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
-                   f"tie {s['tie_rate']:.3f} position bias {s['position_bias_rate']:.3f}")
-    click.echo(f"wrote {metrics_out}, {', '.join(map(str, plots.values()))}, {report_out}")
+    categories = read_json(rubric_dir / "categories.json") if rubric_dir and (rubric_dir / "categories.json").exists() \
+        else []
+    logs = plots.find_loss_logs(logs_dir)
+    outs = {"report": report_out, "details": details_dir, "csv": leaderboard_csv, "md": leaderboard_md,
+            "headline": headline_out, "winrates": metrics_out, "forest": forest_plot, "rounds": rounds_plot,
+            "loss": loss_plot}
+    report.build_report(by_comparison, found, cfg, outs, order, logs=logs, loss_of=loss_types(p, logs),
+                                categories=categories, params=p, defaults=read_params(defaults) if defaults else None,
+                                calls=read_counts(counts_dir), models=models)
+    click.echo(leaderboard_md.read_text(encoding="utf-8"))
+    click.echo(f"wrote {report_out}, {details_dir}/, {leaderboard_csv}, {forest_plot}, {rounds_plot}, {loss_plot}")
 
 
 if __name__ == "__main__":

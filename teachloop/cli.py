@@ -5,6 +5,7 @@
     teachloop times              # wall seconds per stage run (from the run log, outside DVC)
     teachloop plan               # LLM requests, tokens and cost per stage of the current params, before a run
     teachloop answer -i "Explain tides." --adapter ADAPTER_DIR --revisions 2   # e.g. the last round's adapter
+    teachloop compare            # leaderboard of the workspace and each dvc experiment, params that differ
 """
 from __future__ import annotations
 
@@ -221,3 +222,20 @@ def answer(instructions, file, adapter, rubrics, embeddings, revisions, params) 
         got = answer_with_rubric(student, row, cat["rubric"], decode, revisions)
         click.echo(json.dumps({"instruction": row["instruction"], "category": cat["name"], "rubric": cat["rubric"],
                                **got}, ensure_ascii=False))
+
+
+@main.command()
+@click.option("--json-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Read this `dvc exp show --json` output instead of running it.")
+def compare(json_file: str | None) -> None:
+    """Leaderboard of the workspace, its commit and every `dvc exp` experiment, with the params that differ."""
+    from . import compare as comparing
+
+    if json_file:
+        doc = json.loads(Path(json_file).read_text(encoding="utf-8"))
+    else:
+        proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if proc.returncode:
+            raise click.ClickException(f"dvc exp show --json failed: {proc.stderr.strip()[-2000:]}")
+        doc = json.loads(proc.stdout)
+    click.echo(comparing.text(comparing.runs(doc)), nl=False)

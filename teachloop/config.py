@@ -100,6 +100,16 @@ def load_section(params: dict, name: str, cls: type[T]) -> T:
     return build(cls, node, name)
 
 
+def flatten(d, prefix: str = "") -> dict:
+    """{dotted key: leaf value} of a nested params mapping (`report.n_boot`, as `dvc exp` names params)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def one_of(value: Any, allowed: tuple, where: str) -> None:
     if value not in allowed:
         raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")

@@ -1,6 +1,6 @@
 """What the run found, from answers, reference answers, reference log-likelihoods and LLM verdicts.
 
-`compute(...)` returns one JSON-able dict that the report renders and `headline(...)` condenses for DVC:
+`compute(...)` returns one JSON-able dict that the report renders (`leaderboard.rows` reads its numbers):
 - `models`: per model, ROUGE-L of its answers to the references and its reference log-likelihood, each a
   macro mean over eval sets with a bootstrap CI and per-set entries (`reference.summarise_values`);
 - `pairs`: per comparison (the configured ones, plus every model against each of `versus`), the paired per-item
@@ -124,26 +124,6 @@ def compute(answers: dict[str, list[dict]], references: dict[Key, str], loglik: 
 def _strip(tables: dict) -> dict:
     """Reference-judge tables without the per-cell detail (one criterion per measure: a cell is a set)."""
     return {m: {k: v for k, v in s.items() if k not in ("by_cell", "by_criterion")} for m, s in tables.items()}
-
-
-def _triple(s: dict | None, key: str = "mean") -> dict:
-    nan = float("nan")
-    if not s:
-        return {"mean": nan, "lo": nan, "hi": nan}
-    return {"mean": s[key], "lo": s["ci_low"], "hi": s["ci_high"]}
-
-
-def headline(found: dict, opponent: str = "sft") -> dict:
-    """Per model, <= 9 numbers for `dvc exp show`: ROUGE-L, reference log-likelihood, and the reference judge's
-    ROUGE-L win rate against `opponent`, each {mean, lo, hi} (macro over eval sets)."""
-    out = {}
-    for m, d in found["models"].items():
-        row = {"rouge_l": _triple(d.get("rouge_l")), "ref_loglik": _triple(d.get("ref_loglik"))}
-        if m != opponent:
-            judged = found["pairs"].get(f"{m}_vs_{opponent}", {}).get("reference_judge", {}).get("rouge_l")
-            row[f"win_vs_{opponent}"] = _triple(judged, "win_rate")
-        out[m] = row
-    return out
 
 
 def judge_signal(summaries: dict[str, dict]) -> str:

@@ -1,9 +1,11 @@
 """End-to-end smoke run of the whole DVC pipeline on a tiny profile, with the real packaged model as student,
 teacher and judge: every stage runs, a second `dvc repro` does nothing, a second project from empty caches ends
 with the same dvc.lock byte for byte, a judge-only change re-runs only judging and the report, and a runtime-only
-change re-runs nothing that computes."""
+change re-runs nothing that computes; under git, a `dvc exp run` shows in `teachloop compare` and in the README's
+`dvc exp show` command within 200 columns."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -36,6 +38,10 @@ TINY = {  # dotted key -> value; everything small enough for minutes on 2 cores
 }
 
 
+# The README's `dvc exp show` command: `dvc exp show --drop '.*' --keep "$EXP_SHOW_KEEP"`.
+EXP_SHOW_KEEP = r"Experiment|answer\.citing_revisions|citing_r.*\.win_vs_sft|sft\.ref_loglik$"
+
+
 def set_dotted(doc: dict, key: str, value) -> None:
     *path, last = key.split(".")
     for part in path:
@@ -53,7 +59,7 @@ def make_project(root: Path, base_dir: Path, params: dict) -> tuple[Path, dict]:
     """A fresh project dir (sources, seed data, params, the base model) with an empty DVC cache and call cache."""
     proj = root / "proj"
     proj.mkdir(parents=True)
-    for name in ("stages", "teachloop", "dvc.yaml"):
+    for name in ("stages", "teachloop", "dvc.yaml", "params.defaults.yaml"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / name)
     shutil.copytree(ROOT / "data" / "seed", proj / "data" / "seed")
@@ -85,13 +91,22 @@ def test_tiny_pipeline_end_to_end_twice_gives_the_same_bytes(tmp_path, base_dir)
     for path in ("data/rubrics/categories.json", "data/rounds/2/revisions.jsonl", "models/citing/2/adapter.gguf",
                  "models/citing/2/adapter_model.safetensors", "models/tuna/adapter.gguf", "models/raft/adapter.gguf",
                  "models/rrhf/adapter.gguf", "models/tuna_c/adapter.gguf", "data/judgements/citing_r2_vs_dpo/verdicts.jsonl",
-                 "reports/report.md", "plots/criteria.png", "plots/reference.png",
+                 "reports/report.md", "reports/leaderboard.csv", "reports/details/settings.md", "plots/forest.png",
+                 "plots/citing_rounds.png", "plots/loss.png",
                  "metrics/counts/citing_revise_2.json", "data/loglik/base.jsonl"):
         assert (proj / path).exists() and (proj / path).stat().st_size > 0, path
     metrics = json.loads((proj / "reports" / "winrates.json").read_text())
     assert set(metrics) >= {"citing_r2_vs_sft", "citing_r2_vs_dpo"}
     headline = json.loads((proj / "metrics" / "headline.json").read_text())  # the one DVC metric: per model
     assert set(headline) == {"base", "sft", "citing_r2", "dpo"} and "ref_loglik" in headline["base"]
+    shown = json.loads(run(dvc + ["metrics", "show", "--json"], proj, env))
+    numbers = [v for rev in shown.values() for f in rev["data"].values() for m in f["data"].values() for v in m.values()]
+    assert 0 < len(numbers) <= 3 * len(headline)  # <= 40 with the default's 11-12 models
+    lines = (proj / "reports" / "report.md").read_text().splitlines()
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    assert first_table < 15 and len(lines) <= 150
+    board = (proj / "reports" / "leaderboard.md").read_text().splitlines()[2:]
+    assert len(board) == 4 and all(line in lines for line in board)  # the report's first table is the leaderboard
     findings = json.loads((proj / "reports" / "findings.json").read_text())
     assert {"citing_r2_vs_sft", "dpo_vs_base", "dpo_vs_sft"} <= set(findings["pairs"])
     assert "llm_judge_audit" in findings["pairs"]["citing_r2_vs_sft"]
@@ -122,3 +137,25 @@ def test_tiny_pipeline_end_to_end_twice_gives_the_same_bytes(tmp_path, base_dir)
     dry = run(dvc + ["repro", "--dry"], proj, env)
     ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert ran <= {"report"}, dry
+
+    # Experiments: the same project under git, one real `dvc exp run` of a cheap change (CITING answers without
+    # the inference-time revision: the CITING answer, its judges and the report re-run), then `teachloop compare`
+    # and the README's `dvc exp show` command in a 200-column terminal.
+    params["teacher"]["n_threads"] = 2
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(dvc + ["config", "--unset", "core.no_scm"], proj, env)
+    (proj / ".gitignore").write_text("/models/\n/data/*\n!/data/seed/\n/.dvc/cache/\n/.dvc/tmp/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "smoke run"]):
+        run(git + cmd, proj, env)
+    run(dvc + ["exp", "run", "-q", "-n", "no-revision", "-S", "answer.citing_revisions=0"], proj, env)
+    out = run([sys.executable, "-c", "from teachloop.cli import main; main()", "compare"], proj, env)
+    assert "workspace:" in out and "no-revision (" in out, out
+    assert "answer.citing_revisions" in out.split("params that differ:")[1], out
+    first = out.split("\n\n")[0].splitlines()
+    assert [line.split()[1] for line in first[2:]] == [r["model"] for r in csv.DictReader(
+        (proj / "reports" / "leaderboard.csv").read_text().splitlines())]  # sorted as the leaderboard
+    table = run(dvc + ["exp", "show", "--no-pager", "--drop", ".*", "--keep", EXP_SHOW_KEEP], proj,
+                {**env, "COLUMNS": "200"})
+    assert "citing_r2.win_vs_sft" in table and "answer.citing_revisions" in table and "…" not in table, table
+    assert max(len(line) for line in table.splitlines()) <= 200
