@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 7
     threads: int = 2  # torch CPU threads while training (2 = this machine's cores; 0 = torch's own default)
     device: str = "auto"  # auto (cuda > mps > cpu) | cuda | mps | cpu
-    precision: str = "auto"  # auto (bf16 on a CUDA GPU that has it, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on a CUDA GPU or a CPU with bf16 units, else fp32) | fp32 | bf16
     micro_batch_size: int = 0  # units per forward pass (0 = the whole batch); the loss is the batch's either way
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x the compute
     processes: int = 1  # data-parallel processes (`accelerate launch`; gloo on CPU); batch_size is the global batch
@@ -242,7 +242,7 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
     `train`. With `cfg.processes > 1` a stage script runs again as that many processes (`launch.relaunch`) and
     this process exits with their status; of those, only the main one returns from here (and writes).
     """
-    from .launch import accelerator, launched, relaunch
+    from .launch import accelerator, dtype_of, launched, relaunch
     from .model import check_lora_matches, load_student, load_tokenizer, save_adapter
 
     if cfg.processes > 1 and not launched():
@@ -253,7 +253,8 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
     checkpoints = Checkpoints.for_run(base_dir, init_adapter, units, cfg, desc) if cfg.save_every else None
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(base_dir)
-    model = load_student(base_dir, adapter=init_adapter, lora=cfg.lora, trainable=True).to(acc.device)
+    model = load_student(base_dir, adapter=init_adapter, lora=cfg.lora, trainable=True,
+                         dtype=dtype_of(cfg.precision, acc.device.type), device=acc.device)
     if before is not None:
         with deterministic(cfg.threads, strict=acc.device.type == "cpu"):
             before(model, tokenizer, units)
