@@ -115,3 +115,23 @@ def test_a_bf16_run_repeats_to_the_byte(tiny_base, tmp_path):
     for f in (tmp_path / "a").rglob("*"):
         if f.is_file():
             assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+
+
+def test_lora_inputs_stay_bf16_under_autocast_and_no_score_changes(tiny_base):
+    """PEFT's cast of each LoRA input up to fp32 is undone by autocast before the matmul: switching it off (what
+    bf16 training does) saves two copies per layer and changes no bit of the scores; fp32 runs keep it."""
+    model = load_student(tiny_base, lora=LoraConfig(r=4, alpha=8, dropout=0.0), dtype=torch.bfloat16)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)  # B starts at zero: give the adapter a say in the scores
+    model.eval()
+    u = units(2)
+    cpu = torch.device("cpu")
+    with torch.no_grad(), launch.autocast("bf16", cpu)():
+        cast = nll(model, u)[0]
+        with launch.lora_inputs_as_they_come(model, "bf16", cpu):
+            casts_off = [m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "lora_A")]
+            as_they_come = nll(model, u)[0]
+    assert casts_off and not any(casts_off) and torch.equal(cast, as_they_come)
+    with launch.lora_inputs_as_they_come(model, "fp32", cpu):
+        assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules() if hasattr(m, "lora_A"))

@@ -66,6 +66,17 @@ def autocast(precision: str, device: torch.device):
     return nullcontext
 
 
+def lora_inputs_as_they_come(model, precision: str, device: torch.device):
+    """Under bf16 autocast, a context in which PEFT does not cast each LoRA layer's input up to the adapter's fp32:
+    autocast casts it straight back to bf16 for the matmul, so the cast is two copies of every layer input (and an
+    fp32 dropout) for nothing. fp32 runs (and a model without adapters) are left as they are."""
+    if precision_name(precision, device.type) != "bf16" or not hasattr(model, "peft_config"):
+        return nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
+
+
 def launched() -> bool:
     """True inside processes that `accelerate launch` (torchrun) started."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -163,7 +163,7 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
     `checkpoints`: resume from its checkpoint if there is one, and save one every `cfg.save_every` steps.
     `acc`: the run's `accelerate.Accelerator` (default: one for `cfg.device`).
     """
-    from .launch import accelerator, autocast
+    from .launch import accelerator, autocast, lora_inputs_as_they_come
 
     if not units:
         raise ValueError(f"{desc}: no training units; check the method's data stage output")
@@ -176,7 +176,8 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     live = _open_live(live_dir) if acc.is_main_process else None
-    with deterministic(cfg.threads, strict=acc.device.type == "cpu"):
+    with deterministic(cfg.threads, strict=acc.device.type == "cpu"), \
+            lora_inputs_as_they_come(model, cfg.precision, acc.device):
         torch.manual_seed(cfg.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -242,7 +243,7 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
     `train`. With `cfg.processes > 1` a stage script runs again as that many processes (`launch.relaunch`) and
     this process exits with their status; of those, only the main one returns from here (and writes).
     """
-    from .launch import accelerator, dtype_of, launched, relaunch
+    from .launch import accelerator, autocast, dtype_of, launched, lora_inputs_as_they_come, relaunch
     from .model import check_lora_matches, load_student, load_tokenizer, save_adapter
 
     if cfg.processes > 1 and not launched():
@@ -255,8 +256,9 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
     tokenizer = load_tokenizer(base_dir)
     model = load_student(base_dir, adapter=init_adapter, lora=cfg.lora, trainable=True,
                          dtype=dtype_of(cfg.precision, acc.device.type), device=acc.device)
-    if before is not None:
-        with deterministic(cfg.threads, strict=acc.device.type == "cpu"):
+    if before is not None:  # in the training precision, so the reference scores match the first step's
+        with deterministic(cfg.threads, strict=acc.device.type == "cpu"), autocast(cfg.precision, acc.device)(), \
+                lora_inputs_as_they_come(model, cfg.precision, acc.device):
             before(model, tokenizer, units)
     summary = train(model, units, make_loss(tokenizer), cfg, live_dir=live_dir, desc=desc, times=times,
                     checkpoints=checkpoints, acc=acc)
