@@ -226,7 +226,7 @@ def ratio(per_round: dict, a: str, b: str) -> float | None:
 def main(params_path: Path, base: Path, out: Path, steps: int, rounds: int, with_startup: bool) -> None:
     """Measure and print the training figures and their ratios; write them to OUT."""
     from teachloop.config import build, read_params
-    from teachloop.machine import write_figures
+    from teachloop.machine import describe, write_figures
     from teachloop.methods import sft
     from teachloop.student.launch import precision_name
     from teachloop.student.model import load_tokenizer
@@ -277,9 +277,6 @@ def main(params_path: Path, base: Path, out: Path, steps: int, rounds: int, with
             "padded_per_real_tokens_per_step": padding_per_step(load_tokenizer(base), units, cfg),
             "startup_s": {"sft_stage_to_first_step": startup_s, "pieces": pieces}})
     write_figures(out, figures)
-
-    from teachloop.machine import describe
-
     here = describe()
     print(f"machine: {here['cpu_model']}, {here['cpu_count']} CPUs, flags {' '.join(here['cpu_flags'])}; "
           f"torch {here['torch']}, {torch.get_num_threads()} threads")

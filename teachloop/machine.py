@@ -44,7 +44,8 @@ def cpu_bf16_units() -> list[str]:
 def cpu_model() -> str:
     """lscpu's "Model name" (e.g. "AMD EPYC", "Intel(R) Xeon(R) Platinum 8488C"), else what platform knows."""
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"}).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
+                             env={**os.environ, "LC_ALL": "C"}).stdout
     except (OSError, subprocess.CalledProcessError):
         out = ""
     names = [ln.partition(":")[2].strip() for ln in out.splitlines() if ln.strip().startswith("Model name")]

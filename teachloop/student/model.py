@@ -62,8 +62,9 @@ def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: 
     """The base model with `adapter` loaded (trainable or frozen), or with a fresh LoRA from `lora`.
 
     The base weights are read straight into `dtype` on `device`: no fp32 copy in host RAM first (27 GB at 7B).
-    LoRA weights stay fp32 whatever `dtype` (PEFT upcasts bf16 adapters), so bf16 training keeps fp32 masters and
-    optimiser state (`launch.dtype_of`).
+    LoRA weights stay fp32 whatever `dtype` (PEFT upcasts bf16 adapters; a fresh one's random start is drawn in the
+    base's dtype, so over a bf16 base it starts on bf16 values), so bf16 training keeps fp32 masters and optimiser
+    state (`launch.dtype_of`).
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
