@@ -3,8 +3,8 @@
 1. training tokens/s (real tokens: prompt + response, no padding; median per step) of the project's loop in fp32
    and in bf16 (frozen base in bf16, LoRA and optimiser fp32: what `precision: auto` picks on a CPU with bf16
    units), and of TRL `SFTTrainer` at its best CPU setting (bf16=True, use_cpu=True, no gradient checkpointing) and
-   at its defaults, on the same units, LoRA, learning rate, batch size and max length, the same threads. The
-   contenders take turns (ABCD ABCD ...) for --rounds rounds, so a neighbour's load on a shared machine falls on
+   at its defaults (bf16 and gradient checkpointing on; use_cpu=True, without which it refuses bf16 on a CPU), on
+   the same units, LoRA, learning rate, batch size and max length, the same threads. The contenders take turns (ABCD ABCD ...) for --rounds rounds, so a neighbour's load on a shared machine falls on
    all of them alike; each figure is the median over rounds, each ratio the median of the per-round ratios;
 2. padded / real tokens per step over one epoch of the default SFT data, in the project's step order, and the
    project's packed rows against one padded row per sequence (one run each, the precision auto picks here);
@@ -119,9 +119,10 @@ def project_tokens_per_s(base: Path, units: list[dict], cfg, steps: int, row_tok
     return median(n / (marks[k + 1][0] - t) for k, (t, n) in enumerate(marks[:-1]) if k >= 1)
 
 
-# TRL's settings per contender: its best on a CPU, and what SFTConfig does when told nothing (None: not passed).
+# TRL's settings per contender: its best on a CPU, and its defaults (bf16 and gradient checkpointing on) with the
+# one setting it demands on a CPU: without use_cpu=True, bf16 on a machine with no GPU is refused at SFTConfig.
 TRL_SETTINGS = {"trl_best": {"bf16": True, "use_cpu": True, "gradient_checkpointing": False},
-                "trl_defaults": {}}
+                "trl_defaults": {"use_cpu": True}}
 
 
 def trl_tokens_per_s(base: Path, units: list[dict], cfg, steps: int, settings: dict) -> tuple[float, dict] | None:
