@@ -4,8 +4,9 @@
    and in bf16 (frozen base in bf16, LoRA and optimiser fp32: what `precision: auto` picks on a CPU with bf16
    units), and of TRL `SFTTrainer` at its best CPU setting (bf16=True, use_cpu=True, no gradient checkpointing) and
    at its defaults (bf16 and gradient checkpointing on; use_cpu=True, without which it refuses bf16 on a CPU), on
-   the same units, LoRA, learning rate, batch size and max length, the same threads. The contenders take turns (ABCD ABCD ...) for --rounds rounds, so a neighbour's load on a shared machine falls on
-   all of them alike; each figure is the median over rounds, each ratio the median of the per-round ratios;
+   the same units, LoRA, learning rate, batch size and max length, the same threads. The contenders take turns
+   (ABCD ABCD ...) for --rounds rounds, so a neighbour's load on a shared machine falls on all of them alike; each
+   figure is the median over rounds, each ratio the median of the per-round ratios;
 2. padded / real tokens per step over one epoch of the default SFT data, in the project's step order, and the
    project's packed rows against one padded row per sequence (one run each, the precision auto picks here);
 3. seconds from process start to the first training step of the real `stages/sft.py`, and what they are made of.
