@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import click
 from teachloop.data import load_records
 from teachloop.llm import LLMConfig, Request
 from teachloop.llm.llamacpp import LlamaCppBackend
+from teachloop.machine import write_figures
 from teachloop.methods.candidates import item_seed, sample_records
 from teachloop.student.prompting import record_prompt
 
@@ -69,8 +69,7 @@ def main(gguf: Path, seed_data: str, instructions: int, n: int, max_tokens: int,
         "ratio": round(ratio, 3), "tokens_per_s_ratio": round(tps["grouped"] / tps["separate"], 3),
         "target": TARGET,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"candidates_grouped_vs_separate": figures}, indent=2) + "\n")
+    write_figures(out, {"candidates_grouped_vs_separate": figures})
     print(f"candidates, {len(reqs)} instructions x {n}, <= {max_tokens} tokens each:")
     print(f"  {n} separate calls per instruction : {times['separate']:7.2f} s  {tokens['separate']:5d} tokens  "
           f"{tps['separate']:6.1f} tok/s")

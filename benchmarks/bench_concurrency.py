@@ -7,7 +7,6 @@ target, >= 12x at 16, is for people to read). Every run uses a fresh cache, so e
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -18,6 +17,7 @@ import click
 from teachloop.llm import LLM, CallCache, LLMConfig, Request
 from teachloop.llm.openai_backend import OpenAIBackend
 from teachloop.llm.testserver import LocalServer
+from teachloop.machine import write_figures
 
 
 def calls_per_second(base_url: str, concurrency: int, n_calls: int) -> float:
@@ -45,8 +45,7 @@ def main(out: Path, latency: float, levels: str) -> None:
     for r in rows:
         r["speedup"] = round(r["calls_per_s"] / serial, 2)
         click.echo(f"concurrency {r['concurrency']:>3}: {r['calls_per_s']:7.2f} calls/s  ({r['speedup']:.1f}x serial)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"latency_s": latency, "levels": rows, "server_max_in_flight": peak}, indent=2) + "\n")
+    write_figures(out, {"latency_s": latency, "levels": rows, "server_max_in_flight": peak})
 
 
 if __name__ == "__main__":

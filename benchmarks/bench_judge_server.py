@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))  # `stages` is imported as a package, as the tests
 
 from teachloop.data import read_jsonl, write_jsonl  # noqa: E402
 from teachloop.llm.testserver import llama_cpp_server  # noqa: E402
+from teachloop.machine import write_figures  # noqa: E402
 
 
 def answer_dirs(tmp: Path, n_items: int) -> tuple[Path, Path]:
@@ -80,10 +81,8 @@ def main(gguf: Path, out: Path, items: int, criteria: str, levels: str, threads:
         r["speedup"] = round(serial / r["wall_s"], 2)
         click.echo(f"judge at max_concurrency {r['max_concurrency']:>2}: {r['wall_s']:6.1f} s for {r['requests']} "
                    f"requests ({r['speedup']:.2f}x serial)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"server": "python -m llama_cpp.server", "gguf": gguf.name, "server_threads": threads,
-                               "items": items, "criteria": criteria.split(","), "cpus": os.cpu_count(),
-                               "levels": rows}, indent=2) + "\n")
+    write_figures(out, {"server": "python -m llama_cpp.server", "gguf": gguf.name, "server_threads": threads,
+                        "items": items, "criteria": criteria.split(","), "levels": rows})
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ Prints seconds and speed-up ratios and writes them to --out; asserts nothing (ti
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 import torch
+
+from teachloop.machine import write_figures
 
 
 def _time(fn, repeats: int) -> float:
@@ -87,8 +88,7 @@ def main(base: Path, repeats: int, out: Path) -> None:
     """Measure and print the speed-ups."""
     figures = {"response_only_head_vs_full_logits": bench_training(base, repeats),
                "judge_grouped_vs_separate": bench_judge(base, repeats)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_figures(out, figures)
 
 
 if __name__ == "__main__":

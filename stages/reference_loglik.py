@@ -69,13 +69,14 @@ def main(params: str, name: str, adapter: Path, base_dir: Path, prepared: Path, 
     device = torch.device(device_name(cfg.device))
     with runlog.timed(f"reference_loglik@{name}"), deterministic(cfg.threads, strict=device.type == "cpu"):
         tok = load_tokenizer(base_dir)
+        dtype = getattr(torch, cfg.dtype)  # the base is read straight into it: no fp32 copy first
         if roles.is_adapter_dir(adapter):
-            model = load_student(base_dir, adapter, trainable=False)
+            model = load_student(base_dir, adapter, trainable=False, dtype=dtype)
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-        model = model.to(device=device, dtype=getattr(torch, cfg.dtype))
+            model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype)
+        model = model.to(device=device, dtype=dtype)  # the (fp32) adapter too: scoring has no master weights to keep
         scores = reference_loglik(model, tok, [items[i] for i in order], cfg.max_len, cfg.batch_size)
     by_index = dict(zip(order, scores))
     write_jsonl(out, [{"eval_set": r["eval_set"], "id": r["id"], "loglik": round(by_index[i], 6)}

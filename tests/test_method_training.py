@@ -12,7 +12,8 @@ from teachloop.student.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
-CFG = TrainConfig(lr=1e-3, epochs=1, batch_size=2, max_len=64, warmup_ratio=0.0, lora=LoraConfig(r=4, dropout=0.0))
+CFG = TrainConfig(lr=1e-3, epochs=1, batch_size=2, max_len=64, warmup_ratio=0.0, precision="fp32",
+                  lora=LoraConfig(r=4, dropout=0.0))  # fp32: exact checks (the log 2 start); bf16: test_precision.py
 ITEMS = [
     {"id": "q1", "prompt": "### Instruction:\nName a primary colour.\n\n### Response:\n",
      "candidates": ["Red is a primary colour.", "Blue.", "I like turtles and also some other things."],

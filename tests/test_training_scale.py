@@ -59,7 +59,7 @@ def test_micro_batches_train_the_adapter_the_whole_batch_trains(name, make, unit
     runs = {}
     for micro in (0, 1, 3):
         cfg = TrainConfig(lr=1e-2, batch_size=4, micro_batch_size=micro, epochs=2, max_len=MAX_LEN,
-                          warmup_ratio=0.0, row_tokens=ROWS, lora=LoraConfig(r=4, dropout=0.0))
+                          warmup_ratio=0.0, row_tokens=ROWS, precision="fp32", lora=LoraConfig(r=4, dropout=0.0))
         model = tiny_student()
         summary = train(model, units, make(ByteTokenizer()), cfg)
         runs[micro] = (summary, lora_weights(model))
@@ -105,7 +105,8 @@ def test_gradient_checkpointing_and_bf16_train_the_same_adapter_within_their_pre
     """Activation checkpointing recomputes the forward, so the adapter is the one trained without it; bf16 (mixed,
     fp32 master weights, through accelerate's autocast) trains to nearby weights, not the same ones."""
     runs = {}
-    for name, extra in (("fp32", {}), ("checkpointed", {"gradient_checkpointing": True}),
+    for name, extra in (("fp32", {"precision": "fp32"}),
+                        ("checkpointed", {"precision": "fp32", "gradient_checkpointing": True}),
                         ("bf16", {"precision": "bf16"})):
         cfg = TrainConfig(lr=1e-2, batch_size=4, epochs=2, max_len=MAX_LEN, warmup_ratio=0.0, row_tokens=ROWS,
                           device="cpu", **extra)

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from ..config import ConfigError
+from ..machine import cpu_bf16_units
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -35,11 +36,18 @@ def device_name(requested: str) -> str:
 
 
 def precision_name(requested: str, device: str) -> str:
-    """auto: bf16 on a CUDA GPU that supports it, fp32 elsewhere (CPU bf16 is slower than fp32 on most CPUs, and
-    the default CPU run stays bit-repeatable in fp32)."""
-    if requested == "auto":
-        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return requested
+    """auto: bf16 on a CUDA GPU that supports it and on a CPU with bf16 matrix units (`cpu_bf16_units`), fp32
+    elsewhere: without those units a CPU emulates bf16 matmuls, slower than fp32."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device == "cpu" and cpu_bf16_units() else "fp32"
+
+
+def dtype_of(precision: str, device: str) -> torch.dtype:
+    """The dtype the frozen base is loaded in: bf16 under bf16 training (LoRA weights stay fp32), else fp32."""
+    return torch.bfloat16 if precision_name(precision, device) == "bf16" else torch.float32
 
 
 def accelerator(device: str = "auto"):
@@ -56,6 +64,17 @@ def autocast(precision: str, device: torch.device):
     if precision_name(precision, device.type) == "bf16":
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext
+
+
+def lora_inputs_as_they_come(model, precision: str, device: torch.device):
+    """Under bf16 autocast, a context in which PEFT does not cast each LoRA layer's input up to the adapter's fp32:
+    autocast casts it straight back to bf16 for the matmul, so the cast is two copies of every layer input (and an
+    fp32 dropout) for nothing. fp32 runs (and a model without adapters) are left as they are."""
+    if precision_name(precision, device.type) != "bf16" or not hasattr(model, "peft_config"):
+        return nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
 
 
 def launched() -> bool:

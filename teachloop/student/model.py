@@ -108,13 +108,20 @@ def load_tokenizer(base_dir: str | Path):
 
 
 def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: LoraConfig | None = None,
-                 trainable: bool = True):
-    """The base model with `adapter` loaded (trainable or frozen), or with a fresh LoRA from `lora`."""
+                 trainable: bool = True, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The base model with `adapter` loaded (trainable or frozen), or with a fresh LoRA from `lora`.
+
+    The base weights are read straight into `dtype` on `device`: no fp32 copy in host RAM first (27 GB at 7B).
+    LoRA weights stay fp32 whatever `dtype` (PEFT upcasts bf16 adapters; a fresh one's random start is drawn in the
+    base's dtype, so over a bf16 base it starts on bf16 values), so bf16 training keeps fp32 masters and optimiser
+    state (`launch.dtype_of`).
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    on_device = {} if torch.device(device).type == "cpu" else {"device_map": str(torch.device(device))}
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype, **on_device)
     if adapter:
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
     else:

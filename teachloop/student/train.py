@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 7
     threads: int = 2  # torch CPU threads while training (2 = this machine's cores; 0 = torch's own default)
     device: str = "auto"  # auto (cuda > mps > cpu) | cuda | mps | cpu
-    precision: str = "auto"  # auto (bf16 on a CUDA GPU that has it, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on a CUDA GPU or a CPU with bf16 units, else fp32) | fp32 | bf16
     micro_batch_size: int = 0  # units per forward pass (0 = the whole batch); the loss is the batch's either way
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x the compute
     processes: int = 1  # data-parallel processes (`accelerate launch`; gloo on CPU); batch_size is the global batch
@@ -168,7 +168,7 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
     `checkpoints`: resume from its checkpoint if there is one, and save one every `cfg.save_every` steps.
     `acc`: the run's `accelerate.Accelerator` (default: one for `cfg.device`).
     """
-    from .launch import accelerator, autocast
+    from .launch import accelerator, autocast, lora_inputs_as_they_come
 
     if not units:
         raise ValueError(f"{desc}: no training units; check the method's data stage output")
@@ -181,7 +181,8 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     live = _open_live(live_dir) if acc.is_main_process else None
-    with deterministic(cfg.threads, strict=acc.device.type == "cpu"):
+    with deterministic(cfg.threads, strict=acc.device.type == "cpu"), \
+            lora_inputs_as_they_come(model, cfg.precision, acc.device):
         torch.manual_seed(cfg.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -248,7 +249,7 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
     `train`. With `cfg.processes > 1` a stage script runs again as that many processes (`launch.relaunch`) and
     this process exits with their status; of those, only the main one returns from here (and writes).
     """
-    from .launch import accelerator, autocast, launched, relaunch
+    from .launch import accelerator, autocast, dtype_of, launched, lora_inputs_as_they_come, relaunch
     from .model import (adapted_modules, check_lora_matches, load_student, load_tokenizer, model_skeleton,
                         resolve_targets, save_adapter)
 
@@ -263,13 +264,15 @@ def train_adapter(base_dir: str | Path, units: list, make_loss: Callable, cfg: T
     checkpoints = Checkpoints.for_run(base_dir, init_adapter, units, cfg, desc) if cfg.save_every else None
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(base_dir)
-    model = load_student(base_dir, adapter=init_adapter, lora=cfg.lora, trainable=True).to(acc.device)
+    model = load_student(base_dir, adapter=init_adapter, lora=cfg.lora, trainable=True,
+                         dtype=dtype_of(cfg.precision, acc.device.type), device=acc.device)
     if before is not None:
         # Under the training step's precision and split over the processes like its scoring, so that a reference
         # computed here equals the policy's own score at step 0.
         scope = split.Split(share=1.0, rank=acc.process_index, world=acc.num_processes,
                             add_up=lambda t: acc.reduce(t, reduction="sum"), autocast=autocast(cfg.precision, acc.device))
-        with deterministic(cfg.threads, strict=acc.device.type == "cpu"):
+        with deterministic(cfg.threads, strict=acc.device.type == "cpu"), \
+                lora_inputs_as_they_come(model, cfg.precision, acc.device):
             before(model, tokenizer, units, scope)
     summary = train(model, units, make_loss(tokenizer), cfg, live_dir=live_dir, desc=desc, times=times,
                     checkpoints=checkpoints, acc=acc)
