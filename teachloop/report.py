@@ -22,7 +22,7 @@ from .findings import judge_signal
 from .metrics import CRITERIA_ORDER, average_win_rate, ordered, summarise_all
 
 NAMES = {"base": "base (untuned)", "sft": "SFT", "tuna_p": "Tuna_p", "tuna_c": "Tuna_c", "tuna": "Tuna", "rrhf": "RRHF", "raft": "RAFT",
-         "dpo": "DPO", "ppo": "PPO"}
+         "dpo": "DPO", "rlhf": "RLHF", "ppo": "PPO"}
 SET_NAMES = {"test": "Held-out", "reading": "Reading", "factual": "Factual", "commonsense": "Commonsense"}
 ROUND = re.compile(r"^citing_r(\d+)_vs_sft$")
 PLOTS = ("reference", "rounds", "criteria", "loss")  # the report's figures; dvc.yaml names their files

@@ -25,11 +25,15 @@ TINY = {  # dotted key -> value; everything small enough for minutes on 2 cores
     "student.decode.max_tokens": 20,
     "candidates.sample_size": 2, "candidates.n": 2, "candidates.max_tokens": 16, "candidates.max_resamples": 1,
     "contextual.max_tokens": 24, "tuna.mix_reference": 1, "method_train.max_len": 96,
+    "reward.train.max_len": 96,
+    "rlhf.prompts": 1, "rlhf.samples": 2, "rlhf.iterations": 1, "rlhf.max_new_tokens": 8,
+    "rlhf.train.max_len": 96, "rlhf.train.batch_size": 2,
     "answer.max_per_set": 1, "reference.max_per_set": 1,
     "evaluate.models": {"base": {"adapter": "models/base/hf", "mode": "plain"},
                         "sft": {"adapter": "models/sft", "mode": "plain"},
                         "citing_r2": {"adapter": "models/citing/2", "mode": "citing"},
-                        "dpo": {"adapter": "models/dpo", "mode": "plain"}},
+                        "dpo": {"adapter": "models/dpo", "mode": "plain"},
+                        "rlhf": {"adapter": "models/rlhf", "mode": "plain"}},
     "evaluate.comparisons": {"citing_r2_vs_sft": {"a": "citing_r2", "b": "sft"},
                              "citing_r2_vs_dpo": {"a": "citing_r2", "b": "dpo"}},
     "report.n_boot": 50,
@@ -86,14 +90,17 @@ def test_tiny_pipeline_end_to_end_twice_gives_the_same_bytes(tmp_path, base_dir)
                  "models/citing/2/adapter_model.safetensors", "models/tuna/adapter.gguf", "models/raft/adapter.gguf",
                  "models/rrhf/adapter.gguf", "models/tuna_c/adapter.gguf", "data/judgements/citing_r2_vs_dpo/verdicts.jsonl",
                  "reports/report.md", "plots/criteria.png", "plots/reference.png",
-                 "metrics/counts/citing_revise_2.json", "data/loglik/base.jsonl"):
+                 "metrics/counts/citing_revise_2.json", "data/loglik/base.jsonl", "models/reward/reward_head.safetensors",
+                 "models/rlhf/adapter.gguf", "data/answers/rlhf/test.jsonl", "data/loglik/rlhf.jsonl"):
         assert (proj / path).exists() and (proj / path).stat().st_size > 0, path
     metrics = json.loads((proj / "reports" / "winrates.json").read_text())
     assert set(metrics) >= {"citing_r2_vs_sft", "citing_r2_vs_dpo"}
     headline = json.loads((proj / "metrics" / "headline.json").read_text())  # the one DVC metric: per model
-    assert set(headline) == {"base", "sft", "citing_r2", "dpo"} and "ref_loglik" in headline["base"]
+    assert set(headline) == {"base", "sft", "citing_r2", "dpo", "rlhf"} and "ref_loglik" in headline["base"]
+    assert set(json.loads((proj / "metrics" / "reward.json").read_text())) == {"heldout_accuracy", "heldout_pairs"}
+    assert json.loads((proj / "models" / "rlhf" / "train_summary.json").read_text())["steps"] == 2
     findings = json.loads((proj / "reports" / "findings.json").read_text())
-    assert {"citing_r2_vs_sft", "dpo_vs_base", "dpo_vs_sft"} <= set(findings["pairs"])
+    assert {"citing_r2_vs_sft", "dpo_vs_base", "dpo_vs_sft", "rlhf_vs_sft"} <= set(findings["pairs"])
     assert "llm_judge_audit" in findings["pairs"]["citing_r2_vs_sft"]
     revisions = [json.loads(line) for line in (proj / "data/rounds/1/revisions.jsonl").read_text().splitlines()]
     assert len(revisions) == 3 and all({"id", "category", "rubric_id", "answer", "raw"} <= set(r) for r in revisions)

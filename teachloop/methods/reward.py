@@ -1,0 +1,180 @@
+"""The reward model of the RLHF row: the base student with a fresh LoRA and a scalar head, trained with the
+Bradley-Terry pairwise loss on the teacher's preferences over the student's own candidates.
+
+Unit: {"prompt", "chosen", "rejected"}: every ordered pair of an item's distinct non-empty candidates (the
+teacher's ranking, as RRHF/RAFT/DPO read it), so an item of N candidates gives up to N(N-1)/2 pairs. Items, not
+pairs, are split into train and held-out (seeded), so no instruction is on both sides and the held-out accuracy
+measures preferences on instructions the model never saw. The reward of (prompt, response) is the head applied
+to the decoder's last hidden state at the sequence's final token (the EOS after the response), as
+InstructGPT's reward model reads the final token. Saved as a PEFT adapter dir (no GGUF twin: it never generates)
+plus the head's weights.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from ..student.logprobs import ROW_TOKENS, encode, hidden_states, layout
+from ..student.train import TrainConfig
+from .common import LossFn, num, ranked_ok, ranked_texts
+
+HEAD = "reward_head.safetensors"  # beside the adapter's own files in the reward model's dir
+
+
+@dataclass
+class Config:
+    heldout: float = 0.25  # fraction of ranked items (instructions) held out for the pairwise accuracy
+    seed: int = 19  # which items are held out
+    train: TrainConfig = field(default_factory=TrainConfig)  # batch_size counts pairs; epochs over the train pairs
+
+    def validate(self, where: str) -> None:
+        if not 0 < self.heldout < 1:
+            raise ConfigError(f"{where}.heldout must be in (0, 1), got {self.heldout}: some items must be held out "
+                              f"for the accuracy and some trained on")
+        if self.train.processes != 1 or self.train.micro_batch_size != 0:
+            raise ConfigError(f"{where}.train: the reward model scores a step's pairs in one forward pass in one "
+                              f"process; set processes: 1 and micro_batch_size: 0")
+
+
+class RewardModel(torch.nn.Module):
+    """A PEFT causal LM (`lm`, its LM head unused) and a linear head from the last hidden state to a scalar."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        self.head = torch.nn.Linear(lm.get_base_model().config.hidden_size, 1)
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.lm.gradient_checkpointing_enable(**kwargs)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[M] rewards for a batch from `collate` or `pack`: the head on each sequence's last position."""
+        hidden, batch = hidden_states(self.lm, batch)
+        seq = batch["seq"].flatten()
+        where = torch.arange(seq.numel(), device=seq.device)
+        real = seq >= 0
+        n = int(seq.max()) + 1
+        last = torch.full((n,), -1, dtype=torch.long, device=seq.device).scatter_reduce(
+            0, seq[real], where[real], reduce="amax")
+        states = hidden.flatten(0, 1)[last]
+        return self.head(states.to(self.head.weight.dtype)).squeeze(-1)
+
+
+def rewards(model: RewardModel, tokenizer, pairs: list[tuple[str, str]], max_len: int,
+            row_tokens: int = ROW_TOKENS) -> torch.Tensor:
+    """[M] rewards of (prompt, response) pairs, one forward pass (the layout does not change them)."""
+    encoded = [encode(tokenizer, prompt, response, max_len) for prompt, response in pairs]
+    return model(layout(encoded, tokenizer.pad_token_id, row_tokens))
+
+
+def loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """L = mean -log sigmoid(r_chosen - r_rejected)   (Bradley-Terry: P(chosen > rejected) = sigmoid(difference))
+
+    At equal rewards the loss is log 2; accuracy is the share of pairs whose chosen reward is strictly higher.
+    """
+    diff = chosen - rejected
+    return -F.logsigmoid(diff).mean(), {"accuracy": num((diff > 0).float().mean()), "margin": num(diff.mean())}
+
+
+def item_pairs(item: dict) -> list[dict]:
+    """Every (better, worse) pair of the item's distinct non-empty candidates, by the teacher's ranking.
+
+    >>> [(u["chosen"], u["rejected"]) for u in item_pairs({"prompt": "p", "candidates": ["b", "a", "", "b "],
+    ...                                                     "ranking": [1, 0, 3, 2]})]
+    [('a', 'b'), ('a', 'b ')]
+    """
+    kept, _ = ranked_texts(item)
+    return [{"prompt": item["prompt"], "chosen": kept[a], "rejected": kept[b]}
+            for a in range(len(kept)) for b in range(a + 1, len(kept)) if kept[a].strip() != kept[b].strip()]
+
+
+def split_items(items: list[dict], heldout: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train items, held-out items): each item goes by a hash of the seed and its id, ranked low to high, the
+    lowest `heldout` share (at least one, never all) held out; file order and other items change nothing else."""
+    if len(items) < 2:
+        raise ConfigError(f"the reward model needs at least 2 ranked items (one to train on, one held out); "
+                          f"got {len(items)}: raise candidates.sample_size")
+    ranked = sorted(items, key=lambda it: hashlib.sha256(f"{seed}:{it['id']}".encode()).hexdigest())
+    n_held = min(len(items) - 1, max(1, round(heldout * len(items))))
+    held = {it["id"] for it in ranked[:n_held]}
+    return [it for it in items if it["id"] not in held], [it for it in items if it["id"] in held]
+
+
+def build_units(items: list[dict], cfg: Config) -> tuple[list[dict], list[dict], dict]:
+    """(train pairs, held-out pairs, counts); failed rankings and items with no distinct pair are counted."""
+    ok, failed = ranked_ok(items)
+    train_items, held_items = split_items(ok, cfg.heldout, cfg.seed)
+    train = [u for it in train_items for u in item_pairs(it)]
+    held = [u for it in held_items for u in item_pairs(it)]
+    no_pair = sum(not item_pairs(it) for it in ok)
+    if not train or not held:
+        raise ConfigError(f"the reward model got {len(train)} train and {len(held)} held-out preference pairs "
+                          f"from {len(ok)} ranked items ({no_pair} without two distinct candidates); it needs "
+                          f"both: raise candidates.sample_size or candidates.n")
+    return train, held, {"items": len(ok), "train_items": len(train_items), "heldout_items": len(held_items),
+                         "train_pairs": len(train), "heldout_pairs": len(held), "failed_rankings": failed,
+                         "items_without_pair": no_pair}
+
+
+def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS) -> LossFn:
+    """loss_fn(model, units): Bradley-Terry over the step's pairs, chosen and rejected in one forward pass."""
+
+    def loss_fn(model, units):
+        scored = rewards(model, tokenizer, [(u["prompt"], u["chosen"]) for u in units]
+                         + [(u["prompt"], u["rejected"]) for u in units], max_len, row_tokens)
+        return loss(scored[: len(units)], scored[len(units):])
+
+    return loss_fn
+
+
+@torch.no_grad()
+def accuracy(model: RewardModel, tokenizer, units: list[dict], max_len: int, batch_size: int = 8,
+             row_tokens: int = ROW_TOKENS) -> float:
+    """Share of pairs whose chosen response gets the strictly higher reward (eval mode: no dropout)."""
+    was_training = model.training
+    model.eval()
+    right = 0
+    try:
+        for i in range(0, len(units), batch_size):
+            chunk = units[i : i + batch_size]
+            scored = rewards(model, tokenizer, [(u["prompt"], u["chosen"]) for u in chunk]
+                             + [(u["prompt"], u["rejected"]) for u in chunk], max_len, row_tokens)
+            right += int((scored[: len(chunk)] > scored[len(chunk):]).sum())
+    finally:
+        model.train(was_training)
+    return right / len(units)
+
+
+def new_model(base_dir: str | Path, cfg: TrainConfig) -> RewardModel:
+    """The base with a fresh LoRA (cfg.lora) and a head initialised from torch's seeded RNG."""
+    from ..student.model import load_student
+
+    torch.manual_seed(cfg.seed)
+    return RewardModel(load_student(base_dir, lora=cfg.lora, trainable=True))
+
+
+def save(model: RewardModel, out_dir: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    from ..student.model import save_adapter
+
+    save_adapter(model.lm, out_dir, gguf_name=None)
+    save_file({n: p.detach().cpu().contiguous() for n, p in model.head.state_dict().items()},
+              str(Path(out_dir) / HEAD))
+
+
+def load(base_dir: str | Path, reward_dir: str | Path) -> RewardModel:
+    """A saved reward model, frozen and in eval mode."""
+    from safetensors.torch import load_file
+
+    from ..student.model import load_student
+
+    model = RewardModel(load_student(base_dir, adapter=reward_dir, trainable=False))
+    model.head.load_state_dict(load_file(str(Path(reward_dir) / HEAD)))
+    model.requires_grad_(False)
+    return model.eval()
