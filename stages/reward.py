@@ -41,7 +41,7 @@ def main(params: str, ranked: Path, base_dir: Path, out: Path, live_dir: Path, m
         model = reward.new_model(base_dir, t)
         summary = train(model, units, reward.make_loss(tokenizer, cfg, t.max_len, t.row_tokens), t,
                         live_dir=live_dir, desc="reward", times=times, checkpoints=checkpoints)
-        with deterministic(t.threads):
+        with deterministic(t.threads, strict=next(model.parameters()).device.type == "cpu"):
             acc = reward.accuracy(model, tokenizer, heldout, t.max_len, row_tokens=t.row_tokens)
     reward.save(model.to("cpu"), out)
     if checkpoints:

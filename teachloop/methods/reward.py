@@ -55,12 +55,11 @@ class RewardModel(torch.nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[M] rewards for a batch from `collate` or `pack`: the head on each sequence's last position."""
         hidden, batch = hidden_states(self.lm, batch)
-        seq = batch["seq"].flatten()
-        where = torch.arange(seq.numel(), device=seq.device)
-        real = seq >= 0
-        n = int(seq.max()) + 1
-        last = torch.full((n,), -1, dtype=torch.long, device=seq.device).scatter_reduce(
-            0, seq[real], where[real], reduce="amax")
+        seq = batch["seq"]
+        # A sequence's positions are contiguous in a row (both layouts): its last one is where the owner changes.
+        after = torch.cat([seq[:, 1:], torch.full_like(seq[:, :1], -1)], dim=1)
+        ends = ((seq >= 0) & (after != seq)).flatten().nonzero().squeeze(1)
+        last = ends[torch.argsort(seq.flatten()[ends], stable=True)]
         states = hidden.flatten(0, 1)[last]
         return self.head(states.to(self.head.weight.dtype)).squeeze(-1)
 

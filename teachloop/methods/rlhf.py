@@ -18,8 +18,9 @@ completions, scores rewards, old log-probs (the policy now) and reference log-pr
 weights, swapped in for scoring: no second model), then `train.epochs` passes over those samples in shuffled
 batches of `train.batch_size` are optimiser steps; from the second step on the policy has moved and the clip acts.
 Dropout is off throughout (LoRA dropout modules stay in eval mode while the policy trains), so the first step's
-ratio is 1 and a rollout is a function of the weights and the seed. A checkpoint (every `train.save_every` steps) holds the
-current iteration's samples, so a run killed mid-iteration resumes at the same step with the same data.
+ratio is 1 and a rollout is a function of the weights and the seed. A checkpoint (every `train.save_every`
+steps) holds the current iteration's samples, so a run killed mid-iteration resumes at the same step with the
+same data.
 """
 from __future__ import annotations
 

@@ -146,7 +146,8 @@ def _add_up_gradients(params: list, acc) -> None:
         at += p.numel()
 
 
-def take_step(model, batch: list, loss_fn: Callable, opt, lr: float, cfg: TrainConfig, acc, precision) -> tuple[float, dict]:
+def take_step(model, batch: list, loss_fn: Callable, opt, lr: float, cfg: TrainConfig, acc,
+              precision) -> tuple[float, dict]:
     """One optimiser step on `batch` at learning rate `lr` (gradients added over processes, clipped to
     `cfg.max_grad_norm`): (the loss's value, its logs)."""
     for group in opt.param_groups:
