@@ -63,6 +63,22 @@ def test_reward_loss_is_bradley_terry_by_hand():
     assert logs["accuracy"] == pytest.approx(1 / 3) and logs["margin"] == pytest.approx(0.5 / 3)
 
 
+def test_the_reward_models_step_loss_is_bradley_terry_over_every_pair_of_an_item():
+    """An item of 3 ranked texts is 3 pairs from 3 scored sequences: the step's loss is their mean -log sigmoid."""
+    torch.manual_seed(0)
+    model = reward.RewardModel(tiny_policy()).eval()
+    units = [{"prompt": "Name a colour.", "ranked": ["Red.", "Blue, I think.", "Turtles."]},
+             {"prompt": "Say hi.", "ranked": ["Hi!", "No."]}]
+    with torch.no_grad():
+        r = reward.rewards(model, Bytes(), [(u["prompt"], t) for u in units for t in u["ranked"]], 48, 0).tolist()
+        value, _ = reward.make_loss(Bytes(), reward.Config(), 48, 0)(model, units)
+    pairs = [(0, 1), (0, 2), (1, 2), (3, 4)]
+    by_hand = sum(math.log(1 + math.exp(-(r[a] - r[b]))) for a, b in pairs) / len(pairs)
+    assert value.item() == pytest.approx(by_hand, abs=1e-5)
+    right = sum(r[a] > r[b] for a, b in pairs) / len(pairs)
+    assert reward.accuracy(model, Bytes(), units, 48, batch_size=1, row_tokens=0) == pytest.approx(right)
+
+
 def test_reward_pairs_and_a_held_out_split_by_instruction():
     items = [{"id": f"r{i}", "prompt": f"p{i}", "candidates": ["x", "y", "z"], "ranking": [2, 0, 1], "ok": True}
              for i in range(8)]
@@ -70,8 +86,8 @@ def test_reward_pairs_and_a_held_out_split_by_instruction():
     cfg = reward.Config(heldout=0.25, seed=19)
     train, held, counts = reward.build_units(items, cfg)
     assert counts["failed_rankings"] == 1 and counts["heldout_items"] == 2 and counts["train_items"] == 6
-    assert len(train) == 6 * 3 and len(held) == 2 * 3  # 3 ordered pairs from 3 distinct candidates
-    assert {(u["chosen"], u["rejected"]) for u in held} == {("z", "x"), ("z", "y"), ("x", "y")}
+    assert counts["train_pairs"] == 6 * 3 and counts["heldout_pairs"] == 2 * 3  # 3 pairs of 3 distinct texts
+    assert all(u["ranked"] == ["z", "x", "y"] for u in held)
     assert not {u["prompt"] for u in train} & {u["prompt"] for u in held}  # no instruction on both sides
     again = reward.build_units(list(reversed(items)), cfg)[1]  # file order changes nothing
     assert {u["prompt"] for u in again} == {u["prompt"] for u in held}
@@ -79,7 +95,7 @@ def test_reward_pairs_and_a_held_out_split_by_instruction():
     assert {u["prompt"] for u in other} != {u["prompt"] for u in held}
     with pytest.raises(ConfigError, match="at least 2 ranked items"):
         reward.build_units(items[:1], cfg)
-    same = [{**it, "candidates": ["x", "x ", ""]} for it in items[:4]]
+    same = [{**it, "candidates": ["x", "x ", ""], "ranking": [0, 1, 2]} for it in items[:4]]
     with pytest.raises(ConfigError, match="raise candidates"):
         reward.build_units(same, cfg)
 

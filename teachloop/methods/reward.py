@@ -1,12 +1,13 @@
 """The reward model of the RLHF row: the base student with a fresh LoRA and a scalar head, trained with the
 Bradley-Terry pairwise loss on the teacher's preferences over the student's own candidates.
 
-Unit: {"prompt", "chosen", "rejected"}: every ordered pair of an item's distinct non-empty candidates (the
-teacher's ranking, as RRHF/RAFT/DPO read it), so an item of N candidates gives up to N(N-1)/2 pairs. Items, not
-pairs, are split into train and held-out (seeded), so no instruction is on both sides and the held-out accuracy
-measures preferences on instructions the model never saw. The reward of (prompt, response) is the head applied
-to the decoder's last hidden state at the sequence's final token (the EOS after the response), as
-InstructGPT's reward model reads the final token. Saved as a PEFT adapter dir (no GGUF twin: it never generates)
+Unit: {"prompt", "ranked": [distinct non-empty candidates, best..worst by the teacher's ranking, as RRHF/RAFT/DPO
+read it]}: every ordered pair of them is a comparison, so N candidates give N(N-1)/2 pairs from N forward
+sequences (InstructGPT's batching: all K-choose-2 comparisons of a prompt in one batch element, each completion
+scored once). Items are split into train and held-out (seeded), so no instruction is on both sides and the
+held-out accuracy measures preferences on instructions the model never saw. The reward of (prompt, response) is
+the head applied to the decoder's last hidden state at the sequence's final token (the EOS after the response),
+as InstructGPT's reward model reads the final token. Saved as a PEFT adapter dir (no GGUF twin: it never generates)
 plus the head's weights.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ HEAD = "reward_head.safetensors"  # beside the adapter's own files in the reward
 class Config:
     heldout: float = 0.25  # fraction of ranked items (instructions) held out for the pairwise accuracy
     seed: int = 19  # which items are held out
-    train: TrainConfig = field(default_factory=TrainConfig)  # batch_size counts pairs; epochs over the train pairs
+    train: TrainConfig = field(default_factory=TrainConfig)  # batch_size counts items (all their pairs)
 
     def validate(self, where: str) -> None:
         if not 0 < self.heldout < 1:
@@ -80,16 +81,47 @@ def loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, di
     return -F.logsigmoid(diff).mean(), {"accuracy": num((diff > 0).float().mean()), "margin": num(diff.mean())}
 
 
-def item_pairs(item: dict) -> list[dict]:
-    """Every (better, worse) pair of the item's distinct non-empty candidates, by the teacher's ranking.
+def distinct_ranked(item: dict) -> list[str]:
+    """The item's non-empty candidates best..worst, a text equal (up to white space) to a better one left out.
 
-    >>> [(u["chosen"], u["rejected"]) for u in item_pairs({"prompt": "p", "candidates": ["b", "a", "", "b "],
-    ...                                                     "ranking": [1, 0, 3, 2]})]
-    [('a', 'b'), ('a', 'b ')]
+    >>> distinct_ranked({"candidates": ["b", "a", "", "b "], "ranking": [1, 0, 3, 2]})
+    ['a', 'b']
     """
-    kept, _ = ranked_texts(item)
-    return [{"prompt": item["prompt"], "chosen": kept[a], "rejected": kept[b]}
-            for a in range(len(kept)) for b in range(a + 1, len(kept)) if kept[a].strip() != kept[b].strip()]
+    kept, seen = [], set()
+    for text in ranked_texts(item)[0]:
+        if text.strip() not in seen:
+            seen.add(text.strip())
+            kept.append(text)
+    return kept
+
+
+def n_pairs(units: list[dict]) -> int:
+    return sum(len(u["ranked"]) * (len(u["ranked"]) - 1) // 2 for u in units)
+
+
+def pair_index(units: list[dict], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(better, worse) positions in the flat list of the units' ranked texts, for every pair within a unit.
+
+    >>> [t.tolist() for t in pair_index([{"ranked": ["a", "b", "c"]}, {"ranked": ["d", "e"]}])]
+    [[0, 0, 1, 3], [1, 2, 2, 4]]
+    """
+    better, worse, at = [], [], 0
+    for u in units:
+        n = len(u["ranked"])
+        for a in range(n):
+            for b in range(a + 1, n):
+                better.append(at + a)
+                worse.append(at + b)
+        at += n
+    return (torch.tensor(better, dtype=torch.long, device=device), torch.tensor(worse, dtype=torch.long, device=device))
+
+
+def score_units(model: RewardModel, tokenizer, units: list[dict], max_len: int, row_tokens: int = ROW_TOKENS):
+    """(rewards of the better, rewards of the worse) side of every pair of the units, one forward pass."""
+    scored = rewards(model, tokenizer, [(u["prompt"], text) for u in units for text in u["ranked"]], max_len,
+                     row_tokens)
+    better, worse = pair_index(units, scored.device)
+    return scored[better], scored[worse]
 
 
 def split_items(items: list[dict], heldout: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -105,28 +137,30 @@ def split_items(items: list[dict], heldout: float, seed: int) -> tuple[list[dict
 
 
 def build_units(items: list[dict], cfg: Config) -> tuple[list[dict], list[dict], dict]:
-    """(train pairs, held-out pairs, counts); failed rankings and items with no distinct pair are counted."""
+    """(train units, held-out units, counts); failed rankings and items with no distinct pair are counted."""
     ok, failed = ranked_ok(items)
     train_items, held_items = split_items(ok, cfg.heldout, cfg.seed)
-    train = [u for it in train_items for u in item_pairs(it)]
-    held = [u for it in held_items for u in item_pairs(it)]
-    no_pair = sum(not item_pairs(it) for it in ok)
+
+    def units(part):
+        made = [{"id": it["id"], "prompt": it["prompt"], "ranked": distinct_ranked(it)} for it in part]
+        return [u for u in made if len(u["ranked"]) >= 2]
+
+    train, held = units(train_items), units(held_items)
+    no_pair = len(ok) - len(train) - len(held)
     if not train or not held:
-        raise ConfigError(f"the reward model got {len(train)} train and {len(held)} held-out preference pairs "
-                          f"from {len(ok)} ranked items ({no_pair} without two distinct candidates); it needs "
-                          f"both: raise candidates.sample_size or candidates.n")
-    return train, held, {"items": len(ok), "train_items": len(train_items), "heldout_items": len(held_items),
-                         "train_pairs": len(train), "heldout_pairs": len(held), "failed_rankings": failed,
+        raise ConfigError(f"the reward model got {n_pairs(train)} train and {n_pairs(held)} held-out preference "
+                          f"pairs from {len(ok)} ranked items ({no_pair} without two distinct candidates); it "
+                          f"needs both: raise candidates.sample_size or candidates.n")
+    return train, held, {"items": len(ok), "train_items": len(train), "heldout_items": len(held),
+                         "train_pairs": n_pairs(train), "heldout_pairs": n_pairs(held), "failed_rankings": failed,
                          "items_without_pair": no_pair}
 
 
 def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS) -> LossFn:
-    """loss_fn(model, units): Bradley-Terry over the step's pairs, chosen and rejected in one forward pass."""
+    """loss_fn(model, units): Bradley-Terry over every pair of the step's items, each text scored once."""
 
     def loss_fn(model, units):
-        scored = rewards(model, tokenizer, [(u["prompt"], u["chosen"]) for u in units]
-                         + [(u["prompt"], u["rejected"]) for u in units], max_len, row_tokens)
-        return loss(scored[: len(units)], scored[len(units):])
+        return loss(*score_units(model, tokenizer, units, max_len, row_tokens))
 
     return loss_fn
 
@@ -134,19 +168,17 @@ def make_loss(tokenizer, cfg: Config, max_len: int, row_tokens: int = ROW_TOKENS
 @torch.no_grad()
 def accuracy(model: RewardModel, tokenizer, units: list[dict], max_len: int, batch_size: int = 8,
              row_tokens: int = ROW_TOKENS) -> float:
-    """Share of pairs whose chosen response gets the strictly higher reward (eval mode: no dropout)."""
+    """Share of the units' pairs whose better response gets the strictly higher reward (eval mode: no dropout)."""
     was_training = model.training
     model.eval()
     right = 0
     try:
         for i in range(0, len(units), batch_size):
-            chunk = units[i : i + batch_size]
-            scored = rewards(model, tokenizer, [(u["prompt"], u["chosen"]) for u in chunk]
-                             + [(u["prompt"], u["rejected"]) for u in chunk], max_len, row_tokens)
-            right += int((scored[: len(chunk)] > scored[len(chunk):]).sum())
+            better, worse = score_units(model, tokenizer, units[i : i + batch_size], max_len, row_tokens)
+            right += int((better > worse).sum())
     finally:
         model.train(was_training)
-    return right / len(units)
+    return right / n_pairs(units)
 
 
 def new_model(base_dir: str | Path, cfg: TrainConfig) -> RewardModel:
