@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from teachloop.methods import reward, rlhf
 from teachloop.student.checkpoint import trainable_state
 from teachloop.student.sample import sample
 from test_packing import ByteTokenizer, tiny_model
+from test_training_scale import finish, kill_at_first_checkpoint
 from test_training_scale import project  # noqa: F401  (a fixture: the tiny LLaMA project the stages run on)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,12 +281,6 @@ def stage(project: Path, script: str, name: str, section: dict, args: list[str],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
 @pytest.fixture(scope="module")
 def reward_dir(tiny):
     project = tiny
@@ -338,15 +331,7 @@ def test_a_killed_rlhf_stage_resumes_to_the_same_adapter_bytes(tiny, reward_dir)
 
     ckpt = project / "ckpt-killed"
     proc = rlhf_stage(project, "killed", ckpt)
-    deadline = time.time() + 300
-    while not any(ckpt.glob("*/state.pt")):
-        assert proc.poll() is None, "the stage ended before its first checkpoint:\n" + proc.communicate()[0][-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before the kill; the test needs slower steps"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_first_checkpoint(proc, ckpt)
     assert not (project / "killed" / "adapter_model.safetensors").exists()
 
     out = finish(rlhf_stage(project, "killed", ckpt))
