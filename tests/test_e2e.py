@@ -27,11 +27,15 @@ TINY = {  # dotted key -> value; everything small enough for minutes on 2 cores
     "student.decode.max_tokens": 20,
     "candidates.sample_size": 2, "candidates.n": 2, "candidates.max_tokens": 16, "candidates.max_resamples": 1,
     "contextual.max_tokens": 24, "tuna.mix_reference": 1, "method_train.max_len": 96,
+    "reward.train.max_len": 96,
+    "rlhf.prompts": 1, "rlhf.samples": 2, "rlhf.iterations": 1, "rlhf.max_new_tokens": 8,
+    "rlhf.train.max_len": 96, "rlhf.train.batch_size": 2,
     "answer.max_per_set": 1, "reference.max_per_set": 1,
     "evaluate.models": {"base": {"adapter": "models/base/hf", "mode": "plain"},
                         "sft": {"adapter": "models/sft", "mode": "plain"},
                         "citing_r2": {"adapter": "models/citing/2", "mode": "citing"},
-                        "dpo": {"adapter": "models/dpo", "mode": "plain"}},
+                        "dpo": {"adapter": "models/dpo", "mode": "plain"},
+                        "rlhf": {"adapter": "models/rlhf", "mode": "plain"}},
     "evaluate.comparisons": {"citing_r2_vs_sft": {"a": "citing_r2", "b": "sft"},
                              "citing_r2_vs_dpo": {"a": "citing_r2", "b": "dpo"}},
     "report.n_boot": 50,
@@ -93,22 +97,25 @@ def test_tiny_pipeline_end_to_end_twice_gives_the_same_bytes(tmp_path, base_dir)
                  "models/rrhf/adapter.gguf", "models/tuna_c/adapter.gguf", "data/judgements/citing_r2_vs_dpo/verdicts.jsonl",
                  "reports/report.md", "reports/leaderboard.csv", "reports/details/settings.md", "plots/forest.png",
                  "plots/citing_rounds.png", "plots/loss.png",
-                 "metrics/counts/citing_revise_2.json", "data/loglik/base.jsonl"):
+                 "metrics/counts/citing_revise_2.json", "data/loglik/base.jsonl", "models/reward/reward_head.safetensors",
+                 "models/rlhf/adapter.gguf", "data/answers/rlhf/test.jsonl", "data/loglik/rlhf.jsonl"):
         assert (proj / path).exists() and (proj / path).stat().st_size > 0, path
     metrics = json.loads((proj / "reports" / "winrates.json").read_text())
     assert set(metrics) >= {"citing_r2_vs_sft", "citing_r2_vs_dpo"}
     headline = json.loads((proj / "metrics" / "headline.json").read_text())  # the one DVC metric: per model
-    assert set(headline) == {"base", "sft", "citing_r2", "dpo"} and "ref_loglik" in headline["base"]
+    assert set(headline) == {"base", "sft", "citing_r2", "dpo", "rlhf"} and "ref_loglik" in headline["base"]
+    assert set(json.loads((proj / "metrics" / "reward.json").read_text())) == {"heldout_accuracy", "heldout_pairs"}
+    assert json.loads((proj / "models" / "rlhf" / "train_summary.json").read_text())["steps"] == 2
     shown = json.loads(run(dvc + ["metrics", "show", "--json"], proj, env))
     numbers = [v for rev in shown.values() for f in rev["data"].values() for m in f["data"].values() for v in m.values()]
-    assert 0 < len(numbers) <= 3 * len(headline)  # <= 40 with the default's 11-12 models
+    assert 0 < len(numbers) <= 3 * len(headline) + 2  # + the reward model's two; <= 40 with the default's 12 models
     lines = (proj / "reports" / "report.md").read_text().splitlines()
     first_table = next(i for i, line in enumerate(lines) if line.startswith("|"))
     assert first_table < 15 and len(lines) <= 150
     board = (proj / "reports" / "leaderboard.md").read_text().splitlines()[2:]
-    assert len(board) == 4 and all(line in lines for line in board)  # the report's first table is the leaderboard
+    assert len(board) == 5 and all(line in lines for line in board)  # the report's first table is the leaderboard
     findings = json.loads((proj / "reports" / "findings.json").read_text())
-    assert {"citing_r2_vs_sft", "dpo_vs_base", "dpo_vs_sft"} <= set(findings["pairs"])
+    assert {"citing_r2_vs_sft", "dpo_vs_base", "dpo_vs_sft", "rlhf_vs_sft"} <= set(findings["pairs"])
     assert "llm_judge_audit" in findings["pairs"]["citing_r2_vs_sft"]
     revisions = [json.loads(line) for line in (proj / "data/rounds/1/revisions.jsonl").read_text().splitlines()]
     assert len(revisions) == 3 and all({"id", "category", "rubric_id", "answer", "raw"} <= set(r) for r in revisions)

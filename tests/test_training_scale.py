@@ -216,6 +216,19 @@ def finish(proc: subprocess.Popen) -> str:
     return out
 
 
+def kill_at_first_checkpoint(proc: subprocess.Popen, ckpt: Path) -> None:
+    """SIGKILL the stage as soon as a checkpoint appears under `ckpt`, asserting it was still training."""
+    deadline = time.time() + 300
+    while not any(ckpt.glob("*/state.pt")):
+        assert proc.poll() is None, "the stage ended before its first checkpoint:\n" + proc.communicate()[0][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before the kill; the test needs slower steps"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def adapter(project: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(project / name / "adapter_model.safetensors"))
 
@@ -244,15 +257,7 @@ def test_a_killed_training_stage_resumes_from_its_checkpoint_to_the_same_adapter
 
     ckpt = project / "ckpt-killed"
     proc = sft_stage(project, "killed", ckpt, save_every=2, **dropout)
-    deadline = time.time() + 300
-    while not any(ckpt.glob("*/state.pt")):
-        assert proc.poll() is None, "the stage ended before its first checkpoint:\n" + proc.communicate()[0][-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before the kill; the test needs slower steps"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_first_checkpoint(proc, ckpt)
     assert not (project / "killed" / "adapter_model.safetensors").exists()
 
     out = finish(sft_stage(project, "killed", ckpt, save_every=2, **dropout))

@@ -135,19 +135,27 @@ def _parts(model):
     return base.model, base.lm_head, softcap
 
 
-def response_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of response-token log-probs per sequence [M], response token count per sequence [M]), for a batch from
-    `collate` or `pack` (sequences in the order they were given)."""
-    decoder, head, softcap = _parts(model)
+def hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(the decoder's last hidden states [rows, width, hidden], the batch on the model's device) for a batch from
+    `collate` or `pack`; the LM head is not applied (a reward head reads these states too)."""
+    decoder, head, _ = _parts(model)
     batch = {name: t.to(head.weight.device) for name, t in batch.items()}
     if "position_ids" in batch:  # packed: the mask comes from the positions (see `pack`)
         out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     else:
         out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return out.last_hidden_state, batch
+
+
+def response_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of response-token log-probs per sequence [M], response token count per sequence [M]), for a batch from
+    `collate` or `pack` (sequences in the order they were given)."""
+    _, head, softcap = _parts(model)
+    hidden, batch = hidden_states(model, batch)
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     rows, cols = keep.nonzero(as_tuple=True)
-    logits = head(out.last_hidden_state[:, :-1][rows, cols]).float()
+    logits = head(hidden[:, :-1][rows, cols]).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     token_lp = torch.log_softmax(logits, dim=-1).gather(1, targets[rows, cols].unsqueeze(1)).squeeze(1)

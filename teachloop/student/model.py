@@ -133,14 +133,16 @@ def load_student(base_dir: str | Path, adapter: str | Path | None = None, lora: 
     return model
 
 
-def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf", base_dir: str | Path | None = None) -> None:
+def save_adapter(model, out_dir: str | Path, gguf_name: str | None = "adapter.gguf",
+                 base_dir: str | Path | None = None) -> None:
     """Save the PEFT adapter dir and its GGUF twin (for fast llama.cpp generation) side by side.
 
     Only the LoRA tensors are written (PEFT's adapter state dict, copied to the host tensor by tensor), wherever the
     model is: a 7B base on a GPU is never moved.
 
     `base_dir` is the HF model the adapter was trained on (llama.cpp's converter reads its architecture there);
-    by default the dir `load_student` loaded, which PEFT records as `base_model_name_or_path`.
+    by default the dir `load_student` loaded, which PEFT records as `base_model_name_or_path`. `gguf_name` None:
+    no twin (an adapter that never generates, such as the reward model's).
     """
     from .gguf_lora import export_lora_gguf
 
@@ -155,6 +157,8 @@ def save_adapter(model, out_dir: str | Path, gguf_name: str = "adapter.gguf", ba
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if gguf_name is None:
+        return
     base_dir = base_dir or config.get("base_model_name_or_path")
     if not base_dir:
         raise ConfigError(f"save_adapter({out_dir}): the adapter records no base model dir; pass base_dir")

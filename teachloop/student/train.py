@@ -101,7 +101,7 @@ def deterministic(threads: int, strict: bool = True) -> Iterator[None]:
         torch.set_num_threads(threads_before)
 
 
-def _open_live(live_dir: str | Path | None):
+def open_live(live_dir: str | Path | None):
     """A dvclive logger that writes only under `live_dir`: no dvc.yaml edit, no experiment, no report, no git."""
     if live_dir is None:
         return None
@@ -151,7 +151,25 @@ def _add_up_gradients(params: list, acc) -> None:
         at += p.numel()
 
 
-def _log(live, step: int, values: dict) -> None:
+def take_step(model, batch: list, loss_fn: Callable, opt, lr: float, cfg: TrainConfig, acc,
+              precision) -> tuple[float, dict]:
+    """One optimiser step on `batch` at learning rate `lr` (gradients added over processes, clipped to
+    `cfg.max_grad_norm`): (the loss's value, its logs)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with split.active(step_split(batch, cfg, acc, precision)), precision():
+        loss, logs = loss_fn(model, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    if acc.num_processes > 1:
+        _add_up_gradients(params, acc)
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    return loss.item(), logs
+
+
+def log_step(live, step: int, values: dict) -> None:
     live.step = step
     for name, value in values.items():
         live.log_metric(name, value)  # timestamp=False: the files depend on the inputs only
@@ -180,7 +198,7 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
     model.to(acc.device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    live = _open_live(live_dir) if acc.is_main_process else None
+    live = open_live(live_dir) if acc.is_main_process else None
     with deterministic(cfg.threads, strict=acc.device.type == "cpu"), \
             lora_inputs_as_they_come(model, cfg.precision, acc.device):
         torch.manual_seed(cfg.seed)
@@ -197,7 +215,7 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
             acc.print(f"{desc}: resuming from step {start} of {total} (checkpoint {checkpoints.dir})")
         if live:
             for step, values in enumerate(history):
-                _log(live, step, values)
+                log_step(live, step, values)
         model.train()
         last = history[-1] if history else {}
         with tqdm(total=total, initial=start, desc=desc, unit="step", disable=not acc.is_main_process) as bar:
@@ -206,21 +224,12 @@ def train(model, units: list, loss_fn: Callable, cfg: TrainConfig, live_dir: str
                 if step == start and times is not None:
                     times["startup_s"] = round(seconds_since_process_start(), 2)
                 lr = lr_at(step, total, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                with split.active(step_split(batch, cfg, acc, precision)), precision():
-                    loss, logs = loss_fn(model, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if acc.num_processes > 1:
-                    _add_up_gradients(params, acc)
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                last = {"epoch": epoch, "lr": lr, "loss": loss.item(), **logs}
+                loss, logs = take_step(model, batch, loss_fn, opt, lr, cfg, acc, precision)
+                last = {"epoch": epoch, "lr": lr, "loss": loss, **logs}
                 history.append(last)
                 if live:
-                    _log(live, step, last)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                    log_step(live, step, last)
+                bar.set_postfix(loss=f"{loss:.3f}")
                 bar.update(1)
                 if checkpoints and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total \
                         and acc.is_main_process:
