@@ -56,9 +56,16 @@ def read_loglik(loglik_dir: Path) -> dict[str, dict]:
 
 def loss_types(params: dict, logs: dict[str, str]) -> dict[str, str]:
     """{training log name: its loss}: a ranked-data method's `methods.<name>.loss`; SFT and CITING's rounds
-    train with the SFT loss (CITING on its revisions)."""
+    train with the SFT loss (CITING on its revisions); any other stage (the reward model, rlhf) has a loss of its
+    own, so a panel of its own."""
     methods = params.get("methods", {})
-    return {name: methods[name]["loss"] if name in methods else "sft" for name in logs}
+
+    def loss(name: str) -> str:
+        if name in methods:
+            return methods[name]["loss"]
+        return "sft" if name == "sft" or name.startswith("citing_") else name
+
+    return {name: loss(name) for name in logs}
 
 
 Dir = click.Path(exists=True, file_okay=False, path_type=Path)

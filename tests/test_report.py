@@ -291,3 +291,12 @@ def test_judge_stage_cli_and_reparse(tmp_path):
     assert redone[0]["verdict"] == "win" and sum(r["failed"] for r in redone) == 5
     missing = CliRunner().invoke(stage.main, ["--params", str(params), "--out", str(out)])
     assert missing.exit_code != 0 and "--a-dir" in missing.output
+
+
+def test_each_loss_type_gets_its_own_panel():
+    """SFT and CITING's rounds share the SFT loss; a ranked-data method has its declared loss; the reward model
+    and rlhf, whose losses are neither, are not drawn on the SFT panel."""
+    stage = load_stage("report")
+    logs = {name: f"{name}.tsv" for name in ("sft", "citing_1", "tuna_p", "reward", "rlhf")}
+    kinds = stage.loss_types({"methods": {"tuna_p": {"loss": "tuna"}}}, logs)
+    assert kinds == {"sft": "sft", "citing_1": "sft", "tuna_p": "tuna", "reward": "reward", "rlhf": "rlhf"}
