@@ -87,6 +87,8 @@ Out = click.Path(path_type=Path)
               help="Dir of per-stage counts JSON files (LLM requests, re-asks, failures, skips).")
 @click.option("--logs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dir of training logs, one per training stage (dvclive dirs).")
+@click.option("--reward-metrics", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The reward stage's metrics JSON (held-out pairwise accuracy), reported under the verdict.")
 @click.option("--headline-out", required=True, type=Out, help="Headline metrics JSON (per model, for DVC).")
 @click.option("--findings-out", required=True, type=Out, help="JSON of every reference-grounded number.")
 @click.option("--metrics-out", required=True, type=Out, help="The LLM judge's win-rate JSON.")
@@ -98,7 +100,8 @@ Out = click.Path(path_type=Path)
 @click.option("--details-dir", required=True, type=Out, help="Dir of the detail pages the report links.")
 @click.option("--report-out", required=True, type=Out, help="Markdown report to write.")
 def main(params: str, defaults: Path | None, prepared: Path, answers_dir: Path, loglik_dir: Path, judgements: Path,
-         rubric_dir: Path | None, counts_dir: Path | None, logs_dir: Path | None, headline_out: Path,
+         rubric_dir: Path | None, counts_dir: Path | None, logs_dir: Path | None, reward_metrics: Path | None,
+         headline_out: Path,
          findings_out: Path, metrics_out: Path, leaderboard_csv: Path, leaderboard_md: Path, forest_plot: Path,
          rounds_plot: Path, loss_plot: Path, details_dir: Path, report_out: Path) -> None:
     """Measure every model against the references, rank them, write metrics, plots, the report and its details."""
@@ -137,7 +140,8 @@ def main(params: str, defaults: Path | None, prepared: Path, answers_dir: Path, 
             "loss": loss_plot}
     report.build_report(by_comparison, found, cfg, outs, order, logs=logs, loss_of=loss_types(p, logs),
                                 categories=categories, params=p, defaults=read_params(defaults) if defaults else None,
-                                calls=read_counts(counts_dir), models=models)
+                                calls=read_counts(counts_dir), models=models,
+                                reward=read_json(reward_metrics) if reward_metrics else None)
     click.echo(leaderboard_md.read_text(encoding="utf-8"))
     click.echo(f"wrote {report_out}, {details_dir}/, {leaderboard_csv}, {forest_plot}, {rounds_plot}, {loss_plot}")
 

@@ -281,7 +281,8 @@ def default_examples_source(names: list[str]) -> str:
 # ---- the report ----------------------------------------------------------------------------------------------
 
 def render_main(rows: list[dict], cfg: ReportConfig, names: Names, no_signal: str, rel: dict[str, str],
-                has: dict[str, bool], models: tuple[str, str, str], missing_logs: list[str]) -> str:
+                has: dict[str, bool], models: tuple[str, str, str], missing_logs: list[str],
+                reward: dict | None = None) -> str:
     base = cfg.headline_opponent
     ci = f"{100 * cfg.ci:.0f}%"
     out = ["# Results", "", models_line(*models), "",
@@ -290,8 +291,12 @@ def render_main(rows: list[dict], cfg: ReportConfig, names: Names, no_signal: st
            f"interval over items]. Δ: paired per-item difference from {names(base)}; judges: win rate against "
            f"{names(base)} with ties as half; * = the interval excludes zero (a win rate: 50%); bold = best in its "
            f"column; {leaderboard.n_legend(cfg.primary)}. As data: [CSV]({rel['csv']}), [markdown]({rel['md']}).", "",
-           "**Verdict.** " + " ".join(leaderboard.verdict(rows, names, base, cfg.primary, no_signal, cfg.ci)), "",
-           "## Plots", ""]
+           "**Verdict.** " + " ".join(leaderboard.verdict(rows, names, base, cfg.primary, no_signal, cfg.ci)), ""]
+    if reward:
+        # The RLHF row is only as good as the reward model it optimised against, so its accuracy sits with the table.
+        out += [f"RLHF's reward model: held-out pairwise accuracy {reward['heldout_accuracy']:.2f} on "
+                f"{reward['heldout_pairs']} teacher-preference pairs (chance: 0.50).", ""]
+    out += ["## Plots", ""]
     if has.get("forest"):
         out += [f"![Paired differences from {names(base)}]({rel['forest']})", ""]
     if has.get("rounds"):
@@ -361,9 +366,11 @@ def render_details(found: dict, summaries: dict, by_comparison: dict, cfg: Repor
 def build_report(by_comparison: dict[str, list[dict]], found: dict, cfg: ReportConfig, outs: dict[str, Path],
                  order: list[str], logs: dict[str, str] | None = None, loss_of: dict[str, str] | None = None,
                  categories: list[dict] | None = None, params: dict | None = None, defaults: dict | None = None,
-                 calls: list[dict] | None = None, models: tuple[str, str, str] = ("unspecified",) * 3) -> dict:
+                 calls: list[dict] | None = None, models: tuple[str, str, str] = ("unspecified",) * 3,
+                 reward: dict | None = None) -> dict:
     """Write every output named in `outs` (keys: report, details, csv, md, headline, winrates, forest, rounds,
-    loss); return {"summaries": the LLM judge's per comparison, "rows": the leaderboard}."""
+    loss); return {"summaries": the LLM judge's per comparison, "rows": the leaderboard}. `reward`: the reward
+    model's held-out figures (the reward stage's metrics), reported under the verdict when given."""
     names = Names(cfg)
     summaries = summarise_all(by_comparison, cfg.n_boot, cfg.seed, cfg.ci)
     no_signal = judge_signal(summaries)
@@ -394,6 +401,6 @@ def build_report(by_comparison: dict[str, list[dict]], found: dict, cfg: ReportC
     for page, text in pages.items():
         (details / page).write_text(text, encoding="utf-8")
     report_dir.mkdir(parents=True, exist_ok=True)
-    Path(outs["report"]).write_text(render_main(rows, cfg, names, no_signal, rel, has, models, missing),
+    Path(outs["report"]).write_text(render_main(rows, cfg, names, no_signal, rel, has, models, missing, reward),
                                     encoding="utf-8")
     return {"summaries": summaries, "rows": rows}

@@ -68,7 +68,7 @@ def test_build_report_writes_leaderboard_details_plots_and_metrics(tmp_path):
                     {"name": "c3", "rubric": "Fallback.", "members": [], "ok": False}],
         params={"judge": {"mode": "probs"}, "sft": {"max_examples": 8}}, defaults={"judge": {"mode": "generate"}},
         calls=[{"stage": "rubrics", "requests": 5, "retried": 0, "failed": 0, "failed_categories": 2, "empty": 0}],
-        models=("gemma-3-270m judge", "teacher-x", "student-y"))
+        models=("gemma-3-270m judge", "teacher-x", "student-y"), reward={"heldout_accuracy": 0.75, "heldout_pairs": 12})
     summaries = built["summaries"]
     assert summaries["citing_r2_vs_sft"]["win_rate"] == 1.0 and summaries["citing_r2_vs_rrhf"]["win_rate"] == 0.0
     assert summaries["citing_r1_vs_sft"]["tie_rate"] == 1.0  # identical quality: the judge follows position
@@ -87,6 +87,7 @@ def test_build_report_writes_leaderboard_details_plots_and_metrics(tmp_path):
     assert "**-1.900 [-1.950, -1.850]**" in table[0]
     assert "ref. log-lik ↑" in lines[first_table] and "Δ vs SFT" in lines[first_table]
     assert "**Verdict.** RRHF leads on ref. log-lik" in md
+    assert "RLHF's reward model: held-out pairwise accuracy 0.75 on 12 teacher-preference pairs" in md
     assert "Training logs missing or empty: dpo." in md
     for page in report.DETAILS:
         assert (outs["details"] / page).exists() and f"]({outs['details'].name}/{page})" in md
