@@ -196,7 +196,10 @@ def project(tmp_path_factory):
 
 def sft_stage(project: Path, name: str, checkpoints: Path, **train) -> subprocess.Popen:
     """Start stages/sft.py on the tiny project with these sft.train settings (2 epochs of 24 records, batch 4)."""
+    # fp32 unless a test asks otherwise: the comparisons below are at fp32 tolerance, and `auto` is bf16 on a CPU
+    # with bf16 units, where two processes' partial sums round differently (2e-3 apart, not 1e-4).
     settings = {"lr": 1e-3, "epochs": 2, "batch_size": 4, "max_len": 128, "threads": 1, "row_tokens": 512,
+                "precision": "fp32",
                 "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
                          "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                             "down_proj"]}, **train}
