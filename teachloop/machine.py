@@ -14,13 +14,14 @@ SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_f
                "amx_int8", "amx_fp16")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty elsewhere."""
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as Linux reports them (x86 "flags", Arm "Features"); empty where there is no
+    /proc/cpuinfo (macOS)."""
     try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        text = Path(cpuinfo).read_text(encoding="utf-8")
     except OSError:
         return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
     return set(line.partition(":")[2].split())
 
 

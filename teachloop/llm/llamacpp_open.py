@@ -17,22 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from pathlib import Path
 from typing import Iterator
 
+from ..machine import cpu_flags
+
 ENV = "TEACHLOOP_LLAMA_EXTRA_BUFFERS"
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags as Linux reports them; empty where there is no /proc/cpuinfo (macOS)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def build_info() -> str:
